@@ -1,0 +1,53 @@
+# The two commands of the contract: `make serve` and `make test`.
+# Both create .venv when it is missing. ORT picks the ONNX Runtime extra:
+# `make serve ORT=gpu` installs onnxruntime-gpu instead of onnxruntime.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ORT    ?= cpu
+MODELS ?= models
+ARGS   ?=
+
+SERVE_STAMP := $(VENV)/.installed-serve-$(ORT)
+ALL_STAMP   := $(VENV)/.installed-all-$(ORT)
+
+.PHONY: serve test models protos lint install install-dev clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Serving install: no torch.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[$(ORT)]'
+	touch $@
+
+# Everything: training (torch==2.13.0, CPU wheel) and the test tools.
+$(ALL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[$(ORT),train,dev]'
+	touch $@ $(SERVE_STAMP)
+
+install: $(SERVE_STAMP)
+install-dev: $(ALL_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(BIN)/python -m serving.ensure_models $(MODELS)
+	exec $(BIN)/dlserve serve --model-repository $(MODELS) $(ARGS)
+
+test: $(ALL_STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+# Retrain the five default models into models/ (needs the train extra).
+models: $(ALL_STAMP)
+	$(BIN)/python -m training.presets --all --repository $(MODELS) --fresh
+
+# Regenerate serving/_generated from protos/ (a test fails when it is stale).
+protos: $(ALL_STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+lint: $(ALL_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy serving
+
+clean-venv:
+	rm -rf $(VENV)

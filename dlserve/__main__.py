@@ -1,0 +1,5 @@
+import sys
+
+from dlserve.cli import main
+
+sys.exit(main())
