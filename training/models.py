@@ -59,7 +59,9 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def with_normalization(model: nn.Module, X_train: np.ndarray, per_feature: bool = True) -> nn.Sequential:
+def with_normalization(
+    model: nn.Module, X_train: np.ndarray, per_feature: bool = True
+) -> nn.Sequential:
     """``Normalize`` fitted on ``X_train`` followed by ``model``: takes raw features."""
     return nn.Sequential(Normalize.fit(X_train, per_feature=per_feature), model)
 
@@ -81,7 +83,8 @@ class MLP(nn.Module):
         super().__init__()
         if in_features < 1 or classes < 2 or any(int(h) < 1 for h in hidden):
             raise ValueError(
-                f"bad MLP sizes: in_features={in_features}, hidden={list(hidden)}, classes={classes}"
+                f"bad MLP sizes: in_features={in_features}, hidden={list(hidden)}, "
+                f"classes={classes}"
             )
         activation_layer(activation)  # validate early
         self.activation = activation
@@ -104,7 +107,9 @@ class DigitsCNN(nn.Module):
     conv3x3(16) -> act -> conv3x3(32) -> act -> maxpool2 -> fc(64) -> act -> fc(classes)
     """
 
-    def __init__(self, classes: int = 10, channels: tuple[int, int] = (16, 32), activation: str = "relu") -> None:
+    def __init__(
+        self, classes: int = 10, channels: tuple[int, int] = (16, 32), activation: str = "relu"
+    ) -> None:
         super().__init__()
         c1, c2 = channels
         self.features = nn.Sequential(
