@@ -189,9 +189,7 @@ def generate(out_dir: Path, proto_dir: Path = DEFAULT_PROTOS) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="output package directory"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output package directory")
     parser.add_argument(
         "--protos", type=Path, default=DEFAULT_PROTOS, help="directory with the .proto files"
     )
