@@ -116,7 +116,7 @@ class ModelReadyRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
-    """Empty: the server picks the version (the highest one it serves)."""
+    """Empty: the server picks the version by its version policy."""
     def __init__(
         self,
         *,

@@ -16,9 +16,9 @@ so that:
 
 Never renumber or retype a field: tests/unit/serving/test_protos.py
 compares every descriptor with the one tritonclient ships.
-dlserve only acts on a subset (name, platform/backend, max_batch_size,
-input, output, version_policy, dynamic_batching, instance_group,
-parameters); the rest is parsed, kept and reported back as written.
+dlserve acts on a subset (name, platform/backend, max_batch_size, input,
+output, version_policy, dynamic_batching, instance_group, parameters);
+the rest is parsed so that the file loads, and may be ignored.
 """
 
 from collections import abc as _abc
@@ -564,8 +564,8 @@ Global___ModelVersionPolicy: _TypeAlias = ModelVersionPolicy  # noqa: Y015
 
 @_typing.final
 class ModelOptimizationPolicy(_message.Message):
-    """Backend optimisation settings. dlserve reads `graph.level` at most; the
-    rest is accepted for compatibility with Triton configs.
+    """Backend optimisation settings, mostly GPU/TensorRT specific; accepted so
+    that Triton configs load.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
