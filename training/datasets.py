@@ -16,8 +16,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DATASETS_2D = ("linear", "circle", "xor", "gaussian", "spiral")
-DATASETS = (*DATASETS_2D, "digits")
+from training.config import DATASETS, DATASETS_2D
+
+__all__ = [
+    "DATASETS",
+    "DATASETS_2D",
+    "DEFAULT_NOISE",
+    "LABELS",
+    "Split",
+    "load",
+    "load_digits",
+    "make_2d",
+    "train_val_split",
+]
 
 #: Default noise per 2-D set (standard deviation of the Gaussian jitter added
 #: to the points, in feature units; the sets span roughly [-5, 5]).

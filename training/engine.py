@@ -15,7 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+from training.config import OPTIMIZERS
+
+__all__ = [
+    "OPTIMIZERS",
+    "History",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "predict",
+    "seed_everything",
+]
 
 
 @dataclass
@@ -26,7 +36,7 @@ class History:
     train_acc: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
-    #: Names of the layers with weights, in forward order (e.g. "net.1", "features.0").
+    #: The layers with weights, in forward order (e.g. "Linear 2→8"; see `describe_layer`).
     layer_names: list[str] = field(default_factory=list)
     #: ``grad_magnitude[epoch][layer]``: mean |d loss / d weight| of that layer's
     #: weight, averaged over the epoch's steps.
@@ -70,6 +80,16 @@ def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         for name, m in model.named_modules()
         if isinstance(getattr(m, "weight", None), nn.Parameter) and m.weight.requires_grad
     ]
+
+
+def describe_layer(module: nn.Module) -> str:
+    """A short human name for a weighted layer, e.g. ``Linear 2→8``, ``Conv2d 1→16 3x3``."""
+    if isinstance(module, nn.Linear):
+        return f"Linear {module.in_features}→{module.out_features}"
+    if isinstance(module, nn.Conv2d):
+        k = "x".join(str(d) for d in module.kernel_size)
+        return f"Conv2d {module.in_channels}→{module.out_channels} {k}"
+    return type(module).__name__
 
 
 def _as_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +150,7 @@ def fit(
     n = len(yt)
     bs = n if batch_size is None else min(batch_size, n)
     layers = weighted_layers(model)
-    hist = History(layer_names=[name for name, _ in layers])
+    hist = History(layer_names=[describe_layer(m) for _, m in layers])
     loss_fn = nn.CrossEntropyLoss()
     steps = 0
     started = time.perf_counter()
@@ -140,7 +160,10 @@ def fit(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(range(epochs), desc="train", unit="epoch", leave=False, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (CI logs, subprocess tests)
+        bar = tqdm(
+            range(epochs), desc="train", unit="epoch", leave=False, dynamic_ncols=True, disable=None
+        )
         epoch_iter = bar
     for _ in epoch_iter:  # type: ignore[attr-defined]
         model.train()

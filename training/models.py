@@ -15,8 +15,21 @@ import numpy as np
 import torch
 from torch import nn
 
-ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu")
-MODELS = ("perceptron", "mlp", "cnn")
+from training.config import ACTIVATIONS, MODELS
+
+__all__ = [
+    "ACTIVATIONS",
+    "MODELS",
+    "MLP",
+    "DigitsCNN",
+    "Exportable",
+    "Normalize",
+    "PerceptronResult",
+    "activation_layer",
+    "parameter_count",
+    "train_perceptron",
+    "with_normalization",
+]
 
 
 def activation_layer(name: str) -> nn.Module:

@@ -1,0 +1,327 @@
+"""One `dlserve train` run: data -> model -> training -> parity-checked export -> report.
+
+`run` takes an explicit `TrainConfig` and paths (no argparse namespace) and
+returns a `TrainOutcome`; the CLI and `training.presets` are thin layers on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from training import datasets, engine, report
+from training.config import TrainConfig
+from training.export import (
+    PARITY_TOLERANCE,
+    ExportResult,
+    check_repository_writable,
+    export_to_repository,
+)
+from training.models import (
+    MLP,
+    DigitsCNN,
+    Normalize,
+    PerceptronResult,
+    parameter_count,
+    train_perceptron,
+    with_normalization,
+)
+
+__all__ = ["TrainOutcome", "build_model", "run"]
+
+
+@dataclass
+class TrainOutcome:
+    config: TrainConfig
+    metrics: dict[str, Any]
+    model: nn.Module
+    split: datasets.Split
+    export: ExportResult | None = None
+    report_dir: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> float:
+        return float(self.metrics["val"]["accuracy"])
+
+
+def build_model(cfg: TrainConfig, split: datasets.Split) -> nn.Module:
+    """The untrained network for ``cfg`` (mlp|cnn), taking raw features: Normalize -> net."""
+    per_feature = split.name != "digits"  # images: one mean/std for all pixels
+    if cfg.model == "mlp":
+        net: nn.Module = MLP(
+            int(np.prod(split.input_shape)), cfg.hidden, split.classes, cfg.activation
+        )
+    elif cfg.model == "cnn":
+        net = DigitsCNN(split.classes, activation=cfg.activation)
+    else:
+        raise ValueError(f"build_model does not build {cfg.model!r} (PLA trains it directly)")
+    return with_normalization(net, split.X_train, per_feature=per_feature)
+
+
+def _threads_for(cfg: TrainConfig) -> int:
+    # Tiny full-batch MLPs run fastest on one thread (thread start-up costs more
+    # than the math); the CNN benefits from a second core.
+    return 1 if cfg.dataset != "digits" else max(1, min(2, os.cpu_count() or 1))
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    repository: Path,
+    runs_dir: Path,
+    dry_run: bool = False,
+    progress: bool = True,
+    parity_tolerance: float = PARITY_TOLERANCE,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Train ``cfg`` and export it as a new version of ``repository/<name>``.
+
+    ``dry_run`` trains on one batch (one PLA epoch) and exports nothing.
+    Raises `ValueError` for a bad config, `training.export.ExportError` for a
+    refused export or an unwritable repository (checked before training).
+    """
+    cfg.validate()
+    if not dry_run:
+        check_repository_writable(repository, cfg.name)
+        check_repository_writable(runs_dir, cfg.name)
+    t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(_threads_for(cfg))
+    try:
+        split = datasets.load(
+            cfg.dataset,
+            n_samples=cfg.n_samples,
+            noise=cfg.noise,
+            seed=cfg.seed,
+            val_fraction=cfg.val_fraction,
+        )
+        t_data = time.perf_counter()
+        engine.seed_everything(cfg.seed)
+        history: engine.History | None = None
+        pla: PerceptronResult | None = None
+        if cfg.model == "perceptron":
+            norm = Normalize.fit(split.X_train)
+            with torch.no_grad():
+                Xn = norm(torch.from_numpy(split.X_train)).numpy()
+            pla = train_perceptron(
+                Xn, split.y_train, max_epochs=1 if dry_run else cfg.epochs, seed=cfg.seed, lr=cfg.lr
+            )
+            model: nn.Module = nn.Sequential(norm, pla.to_module())
+        else:
+            model = build_model(cfg, split)
+            history = engine.fit(
+                model,
+                split.X_train,
+                split.y_train,
+                split.X_val,
+                split.y_val,
+                optimizer=cfg.optimizer,
+                lr=cfg.lr,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                weight_decay=cfg.weight_decay,
+                seed=cfg.seed,
+                progress=progress,
+                max_steps=1 if dry_run else None,
+            )
+        t_train = time.perf_counter()
+        model.eval()
+        train_loss, train_acc = engine.evaluate(model, split.X_train, split.y_train)
+        val_loss, val_acc = engine.evaluate(model, split.X_val, split.y_val)
+        for value, what in ((train_loss, "training loss"), (val_loss, "held-out loss")):
+            if not math.isfinite(value):
+                raise ValueError(f"training diverged ({what} is {value}); try a smaller --lr")
+        metrics: dict[str, Any] = {
+            "name": cfg.name,
+            "preset": cfg.preset,
+            "seed": cfg.seed,
+            "config": cfg.as_dict(),
+            "data": {
+                "dataset": cfg.dataset,
+                "train_samples": len(split.y_train),
+                "val_samples": len(split.y_val),
+                "classes": list(split.labels),
+                "input_shape": list(split.input_shape),
+            },
+            "train": {"accuracy": train_acc, "loss": train_loss},
+            "val": {"accuracy": val_acc, "loss": val_loss},
+            "parameters": parameter_count(model),
+        }
+        if pla is not None:
+            metrics["perceptron"] = {
+                "algorithm": "perceptron learning algorithm (mistake-driven updates)",
+                "converged": pla.converged,
+                "epochs": pla.epochs,
+                "mistakes_per_epoch": pla.mistakes_per_epoch,
+            }
+        if history is not None:
+            metrics["history"] = {
+                "epochs": history.epochs,
+                "train_loss": history.train_loss,
+                "train_acc": history.train_acc,
+                "val_loss": history.val_loss,
+                "val_acc": history.val_acc,
+                "layer_names": history.layer_names,
+                "grad_magnitude": history.grad_magnitude,
+            }
+        outcome = TrainOutcome(cfg, metrics, model, split)
+        log(
+            f"trained {cfg.name}: held-out accuracy {val_acc:.2%} (train {train_acc:.2%}), "
+            f"{_training_summary(history, pla)} in {t_train - t_data:.1f}s"
+        )
+        if dry_run:
+            log("dry run: one batch trained, nothing exported")
+            return outcome
+
+        result = export_to_repository(
+            model,
+            repository=repository,
+            name=cfg.name,
+            labels=split.labels,
+            example=split.X_val,
+            X_parity=split.X_val,
+            max_batch_size=cfg.max_batch_size,
+            tolerance=parity_tolerance,
+        )
+        outcome.export = result
+        t_export = time.perf_counter()
+        metrics["version"] = result.version
+        metrics["model_path"] = str(result.model_path)
+        metrics["onnx"] = {
+            "exporter": "torch.onnx.export(dynamo=True)",
+            "opset": result.opset,
+            "ir_version": result.ir_version,
+            "bytes": result.onnx_bytes,
+        }
+        metrics["parity"] = result.parity.as_dict()
+        log(
+            f"exported {result.model_path} (opset {result.opset}, IR {result.ir_version}); "
+            f"parity on {result.parity.samples} held-out inputs: max |Δ logits| "
+            f"{result.parity.max_abs_diff_logits:.2g}, argmax agrees "
+            f"{result.parity.argmax_agreement}/{result.parity.samples}"
+        )
+
+        report_dir = runs_dir / cfg.name / f"v{result.version}"
+        if report_dir.exists():  # left over from a repository that was wiped since
+            shutil.rmtree(report_dir)
+        report_dir.mkdir(parents=True)
+        outcome.report_dir = report_dir
+        outcome.plots = _plots(outcome, history, pla, report_dir)
+        t_report = time.perf_counter()
+        metrics["durations_s"] = {
+            "data": t_data - t0,
+            "train": t_train - t_data,
+            "export_and_parity": t_export - t_train,
+            "report": t_report - t_export,
+            "total": t_report - t0,
+        }
+        metrics["environment"] = _environment()
+        report.write_metrics(report_dir / "metrics.json", metrics)
+        log(
+            f"report {report_dir}/ (metrics.json, " + ", ".join(p.name for p in outcome.plots) + ")"
+        )
+        return outcome
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _training_summary(history: engine.History | None, pla: PerceptronResult | None) -> str:
+    if pla is not None:
+        state = "converged" if pla.converged else "did not converge"
+        return f"perceptron learning algorithm {state} after {pla.epochs} epochs"
+    assert history is not None
+    return f"{history.epochs} epochs"
+
+
+def _plots(
+    outcome: TrainOutcome,
+    history: engine.History | None,
+    pla: PerceptronResult | None,
+    out: Path,
+) -> list[Path]:
+    cfg, split, model = outcome.config, outcome.split, outcome.model
+    val_acc = outcome.val_accuracy
+    title = f"{cfg.name}: {cfg.model} on {cfg.dataset}"
+    plots = []
+    if pla is not None:
+        plots.append(
+            report.plot_mistakes(
+                out / "loss.png", pla.mistakes_per_epoch, f"{title}\nPLA mistakes per epoch"
+            )
+        )
+    elif history is not None:
+        plots.append(
+            report.plot_loss(
+                out / "loss.png",
+                history.train_loss,
+                history.val_loss,
+                history.train_acc,
+                history.val_acc,
+                f"{title} ({cfg.optimizer}, lr {cfg.lr:g})",
+            )
+        )
+    if split.input_shape == (2,):
+
+        def proba(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return torch.softmax(model(torch.from_numpy(x)), dim=1).numpy()
+
+        plots.append(
+            report.plot_decision_boundary(
+                out / "decision_boundary.png",
+                proba,
+                split.X_train,
+                split.y_train,
+                split.X_val,
+                split.y_val,
+                split.labels,
+                f"{title}\nheld-out accuracy {val_acc:.1%}",
+            )
+        )
+    if history is not None and history.layer_names:
+        plots.append(
+            report.plot_gradients(
+                out / "gradients.png",
+                history.grad_magnitude,
+                history.layer_names,
+                f"{title}: mean |gradient| per layer",
+            )
+        )
+    if split.name == "digits":
+        y_pred = engine.predict(model, split.X_val)
+        plots.append(
+            report.plot_confusion_matrix(
+                out / "confusion_matrix.png",
+                split.y_val,
+                y_pred,
+                split.labels,
+                f"{title}: held-out confusion matrix (accuracy {val_acc:.1%})",
+            )
+        )
+    return plots
+
+
+def _environment() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "platform": sys.platform,
+    }
