@@ -44,7 +44,7 @@ FULL = Settings(samples=1000, epochs=200)
 # Gradient descent on f(x) = x² + 4x + 4: start, tolerance, learning rates.
 X0_1D = 3.0
 TOL_1D = 1e-4
-LRS_1D = (0.02, 0.1, 0.9, 1.0, 1.05)
+LRS_1D = (0.02, 0.1, 0.8, 1.0, 1.05)
 REFERENCE_LR_1D = 0.1  # the run the tests hold to |x + 2| < 1e-3
 MAX_STEPS_1D = 1000
 
@@ -135,14 +135,12 @@ def _optimizers(report: ExperimentReport, *, dataset: str, seed: int, quick: boo
 
 
 def _gd_1d(report: ExperimentReport) -> None:
-    runs = [
-        gd_paths.descend_1d(lr, x0=X0_1D, tol=TOL_1D, max_steps=MAX_STEPS_1D) for lr in LRS_1D
-    ]
+    runs = [gd_paths.descend_1d(lr, x0=X0_1D, tol=TOL_1D, max_steps=MAX_STEPS_1D) for lr in LRS_1D]
     fig, axes = plots.figure(14, 5.2, ncols=2)
     ax = axes[0, 0]
-    xs = np.linspace(-10, 5.5, 400)
+    xs = np.linspace(-9.5, 5.5, 400)
     ax.plot(xs, gd_paths.f_1d(xs), color="0.3", linewidth=1.5, label="f(x) = x² + 4x + 4")
-    shown = {0.1: None, 0.9: None, 1.05: 6}  # lr -> steps drawn (None: all)
+    shown = {0.1: None, 0.8: None, 1.05: 3}  # lr -> steps drawn (None: all)
     for i, r in enumerate(runs):
         if r.lr not in shown:
             continue
@@ -159,12 +157,12 @@ def _gd_1d(report: ExperimentReport) -> None:
         )
     ax.plot([X0_1D], [gd_paths.f_1d(X0_1D)], "ks", markersize=7, label=f"start x₀ = {X0_1D}")
     ax.axvline(gd_paths.X_MIN_1D, color="0.5", linestyle=":", linewidth=1)
-    ax.set_ylim(-2, 75)
+    ax.set_ylim(-2, 50)
     ax.set_title("gradient descent x ← x − lr·f′(x) on f(x) = (x + 2)²")
     ax.set_xlabel("x")
     ax.set_ylabel("f(x)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="upper center")
+    ax.legend(fontsize="small", loc="upper center", framealpha=0.95)
 
     ax = axes[0, 1]
     for i, r in enumerate(runs):
@@ -178,7 +176,7 @@ def _gd_1d(report: ExperimentReport) -> None:
         )
         ax.plot(steps[-1:], r.grads[-1:], "x", color=plots.series_color(i), markersize=9)
     ax.axhline(TOL_1D, color="k", linestyle="--", linewidth=1)
-    ax.text(300, TOL_1D * 1.6, f"stop when |f′(x)| < tol = {TOL_1D:g}", ha="right")
+    ax.text(150, TOL_1D * 1.6, f"stop when |f′(x)| < tol = {TOL_1D:g}", ha="center")
     ax.set_yscale("log")
     ax.set_xlim(0, 300)
     ax.set_ylim(TOL_1D / 10, 1e5)
@@ -307,8 +305,7 @@ def _gd_2d(report: ExperimentReport, *, seed: int) -> None:
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9},
     )
     fig.suptitle(
-        f"A 2-D quadratic bowl: L(w) = ½·mean((x·w − t)²) over n = {bowl.n} examples "
-        f"(seed {seed})",
+        f"A 2-D quadratic bowl: L(w) = ½·mean((x·w − t)²) over n = {bowl.n} examples (seed {seed})",
         fontsize="large",
     )
     size = plots.save(fig, report.out / FIGURE_2D)

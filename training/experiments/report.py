@@ -23,7 +23,10 @@ RESULTS_NAME = "results.json"
 
 
 def format_cell(value: Cell) -> str:
-    """One table cell: floats with 4 significant digits, None as an em dash."""
+    """One table cell: floats with 6 significant digits, None as an em dash.
+
+    A `|` inside a cell is escaped as `\\|` so it does not split the row.
+    """
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -31,7 +34,7 @@ def format_cell(value: Cell) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        return f"{value:.4g}"
+        return f"{value:.6g}"
     return str(value).replace("|", "\\|")
 
 
@@ -41,7 +44,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Cell]]) -> st
         if len(row) != len(headers):
             raise ValueError(f"row {row!r} has {len(row)} cells, expected {len(headers)}")
     lines = [
-        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(format_cell(h) for h in headers) + " |",
         "| " + " | ".join("---" for _ in headers) + " |",
     ]
     lines += ["| " + " | ".join(format_cell(c) for c in row) + " |" for row in rows]
