@@ -1,0 +1,276 @@
+"""Dynamic batching: concurrent requests to one model version become one
+onnxruntime run, and the result is split back along the rows.
+
+Policy (Triton's, minus its fixed wait): a worker that is free takes every
+queued request at once, up to ``max_batch_size`` rows, and never splits a
+request. With ``max_queue_delay`` = 0 (the default) nothing ever waits for
+company: at low load each request runs alone at once, under load the queue
+that builds while a batch computes is the next batch. With a delay > 0 a
+free worker waits for the preferred (or maximum) batch size, at most until
+the oldest request has waited ``max_queue_delay``.
+
+Without batching (``batching=False``) each request runs on its own, through
+the same bounded queue, deadlines and workers.
+
+The clock is injectable, so tests drive time by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from serving.errors import InferenceFailed, QueueFull, QueueTimeout, ServingError, ShuttingDown
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        """Return when ``event`` is set or ``timeout`` seconds have passed."""
+        ...
+
+
+class MonotonicClock:
+    now = staticmethod(time.perf_counter)
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What one request gets back: its rows of every output, and timings."""
+
+    outputs: list[np.ndarray]
+    queue_seconds: float
+    compute_seconds: float
+    batch_rows: int
+
+
+@dataclass(slots=True)
+class _Job:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    future: asyncio.Future[BatchResult]
+    enqueued: float
+    deadline: float | None
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        batching: bool = True,
+        max_queue_delay: float = 0.0,
+        preferred_batch_sizes: Sequence[int] = (),
+        max_queue_size: int = 0,
+        workers: int = 1,
+        executor: concurrent.futures.Executor | None = None,
+        clock: Clock | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "",
+    ) -> None:
+        """``run`` executes one batch (in ``executor``'s threads, or inline on
+        the event loop when it is None) and returns every output with the
+        batch's rows first. ``on_batch(rows, compute_seconds)`` is called per
+        executed batch."""
+        self._run = run
+        self._max_rows = max(1, max_batch_size)
+        self._batching = batching and max_batch_size > 0
+        self._delay = max_queue_delay if self._batching else 0.0
+        preferred = sorted(p for p in preferred_batch_sizes if 0 < p <= self._max_rows)
+        self._target = preferred[-1] if preferred else self._max_rows
+        self._max_queue = max_queue_size
+        self._executor = executor
+        self._clock: Clock = clock or MonotonicClock()
+        self._on_batch = on_batch
+        self._name = name
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._queued_rows = 0
+        self._arrival = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+        self._closing = False
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(max(1, workers))]
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker."""
+        return len(self._queue)
+
+    def submit(
+        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None = None
+    ) -> asyncio.Future[BatchResult]:
+        """Queue one validated request of ``rows`` rows. ``deadline`` is a
+        time on the batcher's clock after which it is dropped unrun."""
+        if self._closing:
+            raise ShuttingDown(f"model '{self._name}' is shutting down; retry on another replica")
+        if self._max_queue and len(self._queue) >= self._max_queue:
+            raise QueueFull(
+                f"model '{self._name}' has {len(self._queue)} requests queued, its limit; "
+                "retry later or add replicas"
+            )
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Job(feeds, rows, future, self._clock.now(), deadline))
+        self._queued_rows += rows
+        self._idle.clear()
+        self._arrival.set()
+        return future
+
+    async def close(self, drain: bool = True) -> None:
+        """Refuse new work; with ``drain``, finish what is queued first."""
+        self._closing = True
+        if drain:
+            await self._idle.wait()
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(ShuttingDown(f"model '{self._name}' was unloaded"))
+
+    # -- worker --------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            if not self._queue:
+                self._arrival.clear()
+                if self._busy == 0:
+                    self._idle.set()
+                await self._arrival.wait()
+                continue
+            if self._delay > 0 and self._queued_rows < self._target:
+                await self._wait_for_company()
+                if not self._queue:
+                    continue
+            jobs = self._take()
+            if not jobs:
+                continue
+            self._busy += 1
+            try:
+                await self._execute(jobs)
+            finally:
+                self._busy -= 1
+
+    async def _wait_for_company(self) -> None:
+        oldest = self._queue[0].enqueued
+        while self._queue and self._queued_rows < self._target:
+            remaining = oldest + self._delay - self._clock.now()
+            if remaining <= 0:
+                return
+            self._arrival.clear()
+            await self._clock.wait(self._arrival, remaining)
+
+    def _take(self) -> list[_Job]:
+        jobs: list[_Job] = []
+        rows = 0
+        now = self._clock.now()
+        queue = self._queue
+        while queue:
+            job = queue[0]
+            if job.future.done():  # cancelled by its caller
+                queue.popleft()
+                self._queued_rows -= job.rows
+                continue
+            if job.deadline is not None and now > job.deadline:
+                queue.popleft()
+                self._queued_rows -= job.rows
+                job.future.set_exception(
+                    QueueTimeout(
+                        f"request to model '{self._name}' waited past its deadline in the "
+                        "queue and was not run"
+                    )
+                )
+                continue
+            if jobs and (rows + job.rows > self._max_rows or not self._batching):
+                break
+            queue.popleft()
+            self._queued_rows -= job.rows
+            jobs.append(job)
+            rows += job.rows
+            if not self._batching:
+                break
+        return jobs
+
+    async def _execute(self, jobs: list[_Job]) -> None:
+        if len(jobs) == 1:
+            feeds = jobs[0].feeds
+        else:
+            feeds = {
+                name: np.concatenate([job.feeds[name] for job in jobs]) for name in jobs[0].feeds
+            }
+        rows = sum(job.rows for job in jobs)
+        started = self._clock.now()
+        try:
+            if self._executor is None:
+                outputs, compute = self._timed_run(feeds)
+            else:
+                loop = asyncio.get_running_loop()
+                outputs, compute = await loop.run_in_executor(
+                    self._executor, self._timed_run, feeds
+                )
+            for out in outputs:
+                if out.ndim == 0 or (self._batching and out.shape[0] != rows):
+                    raise InferenceFailed(
+                        f"model '{self._name}' returned an output of shape {list(out.shape)} "
+                        f"for a batch of {rows} rows"
+                    )
+        except ServingError as exc:
+            self._fail(jobs, exc)
+            return
+        except Exception as exc:  # a runtime bug must fail this batch only
+            logger.exception("batch of %d rows on model '%s' failed", rows, self._name)
+            self._fail(jobs, InferenceFailed(f"inference failed: {type(exc).__name__}"))
+            return
+        if self._on_batch is not None:
+            self._on_batch(rows, compute)
+        if len(jobs) == 1:
+            job = jobs[0]
+            if not job.future.done():
+                job.future.set_result(BatchResult(outputs, started - job.enqueued, compute, rows))
+            return
+        offset = 0
+        for job in jobs:
+            end = offset + job.rows
+            if not job.future.done():
+                job.future.set_result(
+                    BatchResult(
+                        [out[offset:end] for out in outputs],
+                        started - job.enqueued,
+                        compute,
+                        rows,
+                    )
+                )
+            offset = end
+
+    def _timed_run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+        start = self._clock.now()
+        outputs = self._run(feeds)
+        return outputs, self._clock.now() - start
+
+    @staticmethod
+    def _fail(jobs: list[_Job], exc: ServingError) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)

@@ -1,0 +1,146 @@
+"""``dlserve serve``, ``dlserve predict`` and ``dlserve bench``.
+
+Registered into the ``dlserve`` parser by ``dlserve.cli``. Imports of grpc,
+onnxruntime and the server happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from dlserve.errors import CliError
+
+#: serve flags that map 1:1 onto ServingSettings fields (None = not given).
+_SETTINGS_FLAGS = (
+    "model_repository", "host", "grpc_port", "metrics_port", "device", "model_control_mode",
+    "repository_poll_secs", "max_message_bytes", "max_queue_size", "inference_threads",
+    "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
+    "tls_key", "tls_client_ca", "log_level", "log_format",
+)  # fmt: skip
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the inference server (KServe V2 gRPC + Prometheus metrics)",
+        description="Serve a Triton-layout model repository over KServe V2 gRPC. "
+        "Every flag can also be set by an environment variable SERVING_<FLAG> "
+        "(e.g. SERVING_GRPC_PORT=9001); flags win.",
+    )
+    p.add_argument("--model-repository", type=Path, metavar="DIR", help="default: models")
+    p.add_argument("--host", help="bind address (default 0.0.0.0)")
+    p.add_argument("--grpc-port", type=int, metavar="PORT", help="default 8001")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="default 8002")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument(
+        "--model-control-mode", choices=("none", "explicit", "poll"), help="default none"
+    )
+    p.add_argument("--repository-poll-secs", type=float, metavar="S", help="poll interval")
+    p.add_argument(
+        "--load-model", action="append", metavar="NAME", default=[],
+        help="with --model-control-mode explicit: load this model at start ('*' = all)",
+    )  # fmt: skip
+    p.add_argument("--max-message-bytes", type=int, metavar="N", help="default 16 MiB")
+    p.add_argument("--max-queue-size", type=int, metavar="N", help="queued requests per model")
+    p.add_argument("--inference-threads", type=int, metavar="N", help="onnxruntime threads")
+    p.add_argument("--intra-op-threads", type=int, metavar="N")
+    p.add_argument("--inter-op-threads", type=int, metavar="N")
+    p.add_argument("--exit-timeout-secs", type=float, metavar="S", help="drain time on SIGTERM")
+    p.add_argument("--auth-token-file", type=Path, metavar="FILE")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE")
+    p.add_argument("--tls-key", type=Path, metavar="FILE")
+    p.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="require client certs")
+    p.add_argument("--no-metrics", action="store_true", help="do not record metrics")
+    p.add_argument("--log-level", metavar="LEVEL")
+    p.add_argument("--log-format", choices=("text", "json"))
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser(
+        "predict",
+        help="send one inference request and print the outputs as JSON",
+        description="Send one ModelInfer request. --data is JSON: a nested list for the "
+        "model's single input, or an object {input_name: nested list}. A missing batch "
+        "dimension is added. For classifiers the top classes are printed with labels.",
+    )
+    p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", default="")
+    p.add_argument("--data", required=True, help="JSON, or @FILE to read it from a file")
+    p.add_argument("--top", type=int, default=3, metavar="K", help="top classes to show")
+    p.add_argument("--auth-token", help="bearer token, if the server requires one")
+    p.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA to verify a TLS server")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S")
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser(
+        "bench",
+        help="closed-loop gRPC load: throughput and latency percentiles",
+        description="Keep N requests in flight for a duration at each concurrency and "
+        "report req/s, samples/s, p50/p90/p99 latency and errors.",
+    )
+    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version", default="")
+    p.add_argument("--concurrency", default="1,8,32", help="comma-separated, e.g. 1,8,32")
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS")
+    p.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--batch-size", type=int, default=1, metavar="B", help="rows per request")
+    p.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write one record per concurrency")
+    p.add_argument("--auth-token")
+    p.set_defaults(func=run_bench)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from serving.settings import ServingSettings
+
+    overrides = {k: getattr(args, k) for k in _SETTINGS_FLAGS if getattr(args, k) is not None}
+    if args.no_metrics:
+        overrides["metrics_enabled"] = False
+    try:
+        return ServingSettings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "settings"
+        raise CliError(f"{where.replace('_', '-')}: {first.get('msg')}") from exc
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    settings = _settings(args)
+    if not settings.model_repository.is_dir():
+        raise CliError(f"model repository {settings.model_repository} is not a folder")
+    if args.load_model and settings.model_control_mode != "explicit":
+        raise CliError("--load-model needs --model-control-mode explicit")
+
+    from serving.grpc_api.server import StartupError, serve
+    from serving.log import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - non-Linux
+        runner = asyncio.run
+    try:
+        return int(runner(serve(settings, args.load_model)))
+    except StartupError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from serving.client import predict
+
+    return predict(args)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from serving.bench import main
+
+    return main(args)

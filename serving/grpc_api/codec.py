@@ -1,0 +1,175 @@
+"""Protobuf <-> ``serving.tensors``: the only module that touches tensor
+protobufs.
+
+Raw inputs become numpy views (``np.frombuffer``, no copy); outputs leave as
+``raw_output_contents``. BYTES travel as 4-byte little-endian length
+prefixes followed by the bytes, as Triton encodes them.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+
+from serving._generated import grpc_service_pb2 as pb
+from serving.errors import InvalidInput
+from serving.tensors import DTYPE_BY_DATATYPE, InferRequest, InferResponse, RequestedOutput, Tensor
+
+#: datatype -> the InferTensorContents field that carries it.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values())))
+_MAX_RANK = 32
+
+_InferOutput = pb.ModelInferResponse.InferOutputTensor
+
+
+def decode_bytes(buffer: bytes, name: str) -> np.ndarray:
+    items = []
+    view = memoryview(buffer)
+    offset, end = 0, len(buffer)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(f"input '{name}': BYTES raw content ends inside a length prefix")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element of {length} bytes runs past the raw content"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
+
+
+def encode_bytes(array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def _parameter(param: pb.InferParameter) -> Any:
+    kind = param.WhichOneof("parameter_choice")
+    return getattr(param, kind) if kind else None
+
+
+def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
+    raw = msg.raw_input_contents
+    inputs = msg.inputs
+    if raw and len(raw) != len(inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; "
+            "send one raw entry per input, in order"
+        )
+    tensors = []
+    for i, inp in enumerate(inputs):
+        name = inp.name
+        datatype = inp.datatype
+        dtype = DTYPE_BY_DATATYPE.get(datatype)
+        if dtype is None:
+            raise InvalidInput(
+                f"input '{name}' has unknown datatype '{datatype[:32]}'; "
+                f"use one of {sorted(DTYPE_BY_DATATYPE)}"
+            )
+        shape = tuple(inp.shape)
+        if len(shape) > _MAX_RANK:
+            raise InvalidInput(f"input '{name}' has rank {len(shape)}, over {_MAX_RANK}")
+        has_typed = inp.HasField("contents")
+        if raw:
+            if has_typed:
+                raise InvalidInput(
+                    f"input '{name}' has both typed contents and raw_input_contents; "
+                    "send one or the other"
+                )
+            buffer = raw[i]
+            if datatype == "BYTES":
+                data = decode_bytes(buffer, name)
+            else:
+                if len(buffer) % dtype.itemsize:
+                    raise InvalidInput(
+                        f"input '{name}': {len(buffer)} bytes of raw content is not a whole "
+                        f"number of {datatype} elements ({dtype.itemsize} bytes each)"
+                    )
+                data = np.frombuffer(buffer, dtype=dtype)
+            tensors.append(Tensor(name, datatype, shape, data, True))
+            continue
+        if not has_typed:
+            raise InvalidInput(
+                f"input '{name}' carries no data: set "
+                f"contents.{CONTENTS_FIELD.get(datatype, 'raw')}"
+                " or raw_input_contents"
+            )
+        field = CONTENTS_FIELD.get(datatype)
+        if field is None:
+            raise InvalidInput(f"input '{name}': {datatype} can only be sent as raw_input_contents")
+        contents = inp.contents
+        for other in _ALL_CONTENTS:
+            if other != field and len(getattr(contents, other)):
+                raise InvalidInput(
+                    f"input '{name}' is {datatype} but its data is in contents.{other}; "
+                    f"use contents.{field}"
+                )
+        values = getattr(contents, field)
+        if datatype == "BYTES":
+            data = np.empty(len(values), dtype=np.object_)
+            data[:] = list(values)
+        else:
+            data = np.array(values, dtype=dtype)
+        tensors.append(Tensor(name, datatype, shape, data, False))
+
+    outputs = ()
+    if msg.outputs:
+        requested = []
+        for out in msg.outputs:
+            count = 0
+            if "classification" in out.parameters:
+                value = _parameter(out.parameters["classification"])
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise InvalidInput(
+                        f"output '{out.name}': the classification parameter must be an integer"
+                    )
+                count = value
+                if count < 1:
+                    raise InvalidInput(
+                        f"output '{out.name}': classification needs class_count >= 1, got {count}"
+                    )
+            requested.append(RequestedOutput(out.name, count))
+        outputs = tuple(requested)
+    parameters = {k: _parameter(v) for k, v in msg.parameters.items()} if msg.parameters else {}
+    return InferRequest(
+        msg.model_name, msg.model_version, tuple(tensors), outputs, msg.id, parameters
+    )
+
+
+def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+    outputs = []
+    raw = []
+    for t in response.outputs:
+        outputs.append(_InferOutput(name=t.name, datatype=t.datatype, shape=t.shape))
+        raw.append(encode_bytes(t.data) if t.datatype == "BYTES" else t.data.tobytes())
+    return pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=outputs,
+        raw_output_contents=raw,
+    )

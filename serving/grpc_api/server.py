@@ -1,0 +1,171 @@
+"""Assembles and runs the server: model manager, gRPC (KServe V2, health,
+reflection), metrics HTTP, signals, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving._generated import POOL
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from serving.errors import ServingError
+from serving.grpc_api.auth import BearerTokenInterceptor
+from serving.grpc_api.servicer import InferenceServicer
+from serving.http_server import MetricsHttpServer, make_app
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.service import InferenceService
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+class StartupError(Exception):
+    """The server cannot start (bad repository, port in use, bad TLS files)."""
+
+
+@dataclass
+class RunningServer:
+    grpc_port: int
+    metrics_port: int
+
+
+def _read(path: object, what: str) -> bytes:
+    try:
+        with open(str(path), "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise StartupError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+class Server:
+    def __init__(self, settings: ServingSettings, load_models: list[str] | None = None) -> None:
+        self.settings = settings
+        self.load_models = load_models or []
+        self.metrics = Metrics(enabled=settings.metrics_enabled)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            settings.inference_threads, thread_name_prefix="onnxruntime"
+        )
+        self.manager = ModelManager(settings, self.metrics, self.executor)
+        self.service = InferenceService(self.manager, self.metrics)
+        self.servicer = InferenceServicer(self.service, self.manager)
+        self.health = health.aio.HealthServicer()
+        self._grpc: grpc.aio.Server | None = None
+        self._http: MetricsHttpServer | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> RunningServer:
+        s = self.settings
+        token = None
+        if s.auth_token_file is not None:
+            token = _read(s.auth_token_file, "--auth-token-file").decode().strip()
+            if not token:
+                raise StartupError(f"--auth-token-file {s.auth_token_file} is empty")
+        credentials = None
+        if s.tls_cert is not None and s.tls_key is not None:
+            ca = _read(s.tls_client_ca, "--tls-client-ca") if s.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(_read(s.tls_key, "--tls-key"), _read(s.tls_cert, "--tls-cert"))],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+        try:
+            await self.manager.start(self.load_models)
+        except ServingError as exc:
+            raise StartupError(exc.message) from exc
+
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        interceptors = [BearerTokenInterceptor(token)] if token else []
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=POOL
+        )
+        address = f"{_bracket(s.host)}:{s.grpc_port}"
+        try:
+            if credentials is not None:
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen for gRPC on {address}: {exc}") from exc
+        if not port:
+            raise StartupError(f"cannot listen for gRPC on {address} (port in use?)")
+        try:
+            self._http = MetricsHttpServer(make_app(self.metrics.registry), s.host, s.metrics_port)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for metrics on {s.host}:{s.metrics_port}: {exc.strerror}"
+            ) from exc
+        await server.start()
+        self._grpc = server
+        self._http.start()
+        self.servicer.ready = True
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        ready = sorted({name for name, _ in self.manager.ready_keys()})
+        failed = sorted(
+            name for name, entry in self.manager.models.items() if not entry.ready_versions()
+        )
+        logger.info(
+            "dlserve serving %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
+            len(ready), ready, f"{s.host}:{port}", s.host, self._http.port,
+            f"; NOT ready: {failed}" if failed else "",
+        )  # fmt: skip
+        return RunningServer(port, self._http.port)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Drain: refuse new RPCs, finish in-flight and queued ones (up to
+        exit_timeout_secs), then release everything."""
+        logger.info("draining (up to %.0f s)", self.settings.exit_timeout_secs)
+        self.servicer.ready = False
+        await self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=self.settings.exit_timeout_secs)
+        await self.manager.stop()
+        if self._http is not None:
+            self._http.stop()
+        self.executor.shutdown(wait=True)
+        logger.info("stopped")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+async def serve(settings: ServingSettings, load_models: list[str] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    server = Server(settings, load_models)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.request_stop)
+    try:
+        await server.start()
+    except BaseException:
+        server.executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    await server.wait()
+    await server.stop()
+    return 0

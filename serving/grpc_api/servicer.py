@@ -1,0 +1,281 @@
+"""The KServe V2 / Triton ``GRPCInferenceService``: decode -> service ->
+encode. Errors become statuses through ``status.status_of`` only."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+
+from dlserve import __version__
+from serving._generated import grpc_service_pb2 as pb
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from serving.errors import InvalidInput, ServingError
+from serving.grpc_api import codec
+from serving.grpc_api.status import status_of
+from serving.manager import ModelManager
+from serving.repository import datatype_of
+from serving.service import InferenceService
+
+logger = logging.getLogger(__name__)
+_now = time.perf_counter
+
+#: Protocol extensions this server implements (ServerMetadata.extensions).
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "statistics",
+)
+
+T = TypeVar("T")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+
+
+def _rpc(method: Handler[T]) -> Handler[T]:
+    """Map ServingError to its status; anything else is INTERNAL, logged once."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await method(self, request, context)
+        except ServingError as exc:
+            await context.abort(status_of(exc), exc.message)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            logger.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService, manager: ModelManager) -> None:
+        self.service = service
+        self.manager = manager
+        self.metrics = service.metrics
+        self.ready = False
+
+    # -- health and metadata -------------------------------------------------
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.manager.is_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(
+            name="dlserve", version=__version__, extensions=list(EXTENSIONS)
+        )
+
+    @_rpc
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        loaded = self.manager.get(request.name, request.version)
+        entry = self.manager.entry(request.name)
+        config = loaded.config
+        batch = [-1] if config.max_batch_size > 0 else []
+        meta = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=request.name,
+            versions=[v.version_str for v in entry.ready_versions()],
+            platform=config.platform,
+            inputs=[
+                meta(name=i.name, datatype=datatype_of(i.data_type), shape=[*batch, *i.dims])
+                for i in config.input
+            ],
+            outputs=[
+                meta(name=o.name, datatype=datatype_of(o.data_type), shape=[*batch, *o.dims])
+                for o in config.output
+            ],
+        )
+
+    @_rpc
+    async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
+        loaded = self.manager.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=loaded.config)
+
+    @_rpc
+    async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
+        if request.name:
+            self.manager.get(request.name, request.version)  # NOT_FOUND / UNAVAILABLE
+        stats = []
+        for name, entry in sorted(self.manager.models.items()):
+            if request.name and name != request.name:
+                continue
+            for loaded in entry.ready_versions():
+                if request.version and loaded.version_str != request.version:
+                    continue
+                stats.append(_statistics(loaded))
+        return pb.ModelStatisticsResponse(model_stats=stats)
+
+    # -- repository ----------------------------------------------------------
+
+    @_rpc
+    async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
+        index = pb.RepositoryIndexResponse.ModelIndex
+        models = []
+        for name, entry in sorted(self.manager.models.items()):
+            if not entry.versions:
+                if not request.ready:
+                    models.append(index(name=name, state="UNAVAILABLE", reason=entry.reason))
+                continue
+            for version, status in sorted(entry.versions.items()):
+                if request.ready and status.state != "READY":
+                    continue
+                models.append(
+                    index(
+                        name=name,
+                        version=str(version),
+                        state=status.state,
+                        reason=status.reason or entry.reason,
+                    )
+                )
+        return pb.RepositoryIndexResponse(models=models)
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        if request.parameters:
+            raise InvalidInput(
+                "RepositoryModelLoad parameters (config or file overrides) are not supported; "
+                "change the files in the repository instead"
+            )
+        await self.manager.load_model(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.manager.unload_model(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference -----------------------------------------------------------
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        started = _now()
+        try:
+            remaining = context.time_remaining()
+            deadline = started + remaining if remaining is not None else None
+            response = await self.service.infer(codec.decode_request(request), started, deadline)
+            return codec.encode_response(response)
+        except ServingError as exc:
+            code = status_of(exc)
+            self._count_failure(request, code)
+            await context.abort(code, exc.message)
+        except asyncio.CancelledError:
+            self._count_failure(request, grpc.StatusCode.CANCELLED)
+            raise
+        except Exception:
+            logger.exception("ModelInfer failed")
+            self._count_failure(request, grpc.StatusCode.INTERNAL)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def ModelStreamInfer(
+        self,
+        request_iterator: AsyncIterator[pb.ModelInferRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Bidirectional stream: requests run concurrently, answers go back as
+        they finish; a failed request is answered with ``error_message`` and the
+        stream stays open."""
+        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            started = _now()
+            try:
+                response = await self.service.infer(codec.decode_request(request), started)
+                out.put_nowait(pb.ModelStreamInferResponse(
+                    infer_response=codec.encode_response(response)))  # fmt: skip
+            except ServingError as exc:
+                self._count_failure(request, status_of(exc))
+                out.put_nowait(_stream_error(request, exc.message))
+            except Exception:
+                logger.exception("ModelStreamInfer request failed")
+                self._count_failure(request, grpc.StatusCode.INTERNAL)
+                out.put_nowait(_stream_error(request, "internal error (see the server log)"))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+    def _count_failure(self, request: pb.ModelInferRequest, code: grpc.StatusCode) -> None:
+        if self.metrics.enabled:
+            model, version = self.manager.metric_labels(request.model_name, request.model_version)
+            self.metrics.count(model, version, code.name)
+
+
+def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+    return pb.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=pb.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+def _duration(d: Any) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def _statistics(loaded: Any) -> pb.ModelStatistics:
+    s = loaded.stats
+    return pb.ModelStatistics(
+        name=loaded.model,
+        version=loaded.version_str,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(s.success),
+            fail=_duration(s.fail),
+            queue=_duration(s.queue),
+            compute_input=_duration(s.compute_input),
+            compute_infer=_duration(s.compute_infer),
+            compute_output=_duration(s.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=pb.StatisticDuration(count=d.count, ns=0),
+                compute_infer=_duration(d),
+                compute_output=pb.StatisticDuration(count=d.count, ns=0),
+            )
+            for size, d in sorted(s.batches.items())
+        ],
+    )

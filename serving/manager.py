@@ -1,0 +1,517 @@
+"""The models being served: loading, readiness, versions, and repository
+control (none / explicit / poll).
+
+Every state change happens on the event loop; the slow part of a load
+(creating the onnxruntime session, the warm-up run) runs in a thread. The
+request path reads one dict (``_ready``) keyed by (model, version string).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from serving import repository
+from serving._generated import model_config_pb2 as mc
+from serving.batcher import DynamicBatcher
+from serving.errors import (
+    FailedPrecondition,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ServingError,
+)
+from serving.metrics import Metrics, VersionMetrics
+from serving.runtime import OnnxRuntime
+from serving.settings import ServingSettings
+from serving.stats import VersionStats
+from serving.tensors import DTYPE_BY_DATATYPE
+from serving.validation import ModelSignature, OutputSpec, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+READY = "READY"
+UNAVAILABLE = "UNAVAILABLE"
+LOADING = "LOADING"
+UNLOADING = "UNLOADING"
+
+#: Longest model name accepted from a request; longer ones are unknown.
+MAX_NAME_LENGTH = 256
+
+
+@dataclass
+class LoadedVersion:
+    """One model version that is serving, with everything the request path needs."""
+
+    model: str
+    version: int
+    version_str: str
+    config: mc.ModelConfig
+    runtime: OnnxRuntime
+    signature: ModelSignature
+    batcher: DynamicBatcher
+    metrics: VersionMetrics | None
+    stats: VersionStats
+    #: Output name -> index in the runtime's outputs.
+    output_index: dict[str, int]
+    fingerprint: tuple[int, int]
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: str
+    reason: str = ""
+    loaded: LoadedVersion | None = None
+    fingerprint: tuple[int, int] | None = None
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path
+    versions: dict[int, VersionStatus] = field(default_factory=dict)
+    #: Why the model as a whole cannot load (bad config, no versions).
+    reason: str = ""
+    config_digest: str = ""
+    #: True once it was loaded (explicit mode: until unloaded).
+    wanted: bool = True
+
+    def ready_versions(self) -> list[LoadedVersion]:
+        return [
+            s.loaded
+            for _, s in sorted(self.versions.items())
+            if s.state == READY and s.loaded is not None
+        ]
+
+
+class ModelManager:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        metrics: Metrics,
+        executor: concurrent.futures.Executor,
+    ) -> None:
+        self.settings = settings
+        self.root = settings.model_repository
+        self.metrics = metrics
+        self.executor = executor
+        self.models: dict[str, ModelEntry] = {}
+        self._ready: dict[tuple[str, str], LoadedVersion] = {}
+        self._lock = asyncio.Lock()
+        self._poll_task: asyncio.Task[None] | None = None
+
+    # -- request path --------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        loaded = self._ready.get((name, version))
+        if loaded is not None:
+            return loaded
+        return self._explain(name, version)
+
+    def _explain(self, name: str, version: str) -> LoadedVersion:
+        entry = self.models.get(name) if len(name) <= MAX_NAME_LENGTH else None
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
+        if version:
+            if not version.isdigit() or len(version) > 18:
+                raise ModelNotFound(
+                    f"model '{name}' has no version '{version[:32]}': "
+                    "versions are positive integers"
+                )
+            status = entry.versions.get(int(version))
+            if status is None:
+                raise ModelNotFound(
+                    f"model '{name}' has no version {version}; "
+                    f"versions: {sorted(entry.versions) or 'none'}"
+                )
+            raise ModelNotReady(
+                f"model '{name}' version {version} is not ready ({status.state.lower()}"
+                + (f": {status.reason}" if status.reason else "")
+                + ")"
+            )
+        reasons = entry.reason or "; ".join(
+            f"version {v}: {s.reason or s.state.lower()}" for v, s in sorted(entry.versions.items())
+        )
+        raise ModelNotReady(f"model '{name}' is not ready ({reasons or 'not loaded'})")
+
+    def metric_labels(self, name: str, version: str) -> tuple[str, str]:
+        """Labels for a failed request: bounded to known models and versions."""
+        entry = self.models.get(name)
+        if entry is None:
+            return "", ""
+        if version.isdigit() and int(version) in entry.versions:
+            return name, str(int(version))
+        return name, ""
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        return (name, version) in self._ready
+
+    def ready_keys(self) -> Iterable[tuple[str, str]]:
+        return self._ready.keys()
+
+    def entry(self, name: str) -> ModelEntry:
+        entry = self.models.get(name) if len(name) <= MAX_NAME_LENGTH else None
+        if entry is None:
+            raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
+        return entry
+
+    # -- loading -------------------------------------------------------------
+
+    async def start(self, load: Iterable[str] | None = None) -> None:
+        """Load the repository: everything (modes none and poll) or the named
+        models (explicit mode; '*' = all). Starts polling in poll mode."""
+        if not self.root.is_dir():
+            raise ModelLoadError(f"model repository {self.root} is not a folder")
+        mode = self.settings.model_control_mode
+        names: set[str] | None = None
+        if mode == "explicit":
+            requested = set(load or ())
+            names = None if "*" in requested else requested
+        await self.sync(only=names, add_missing=(mode != "explicit" or names is None))
+        if mode == "explicit" and names:
+            unknown = names.difference(self.models)
+            if unknown:
+                raise ModelLoadError(f"--load-model names unknown model(s) {sorted(unknown)}")
+        if mode == "poll":
+            self._poll_task = asyncio.ensure_future(self._poll())
+
+    async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+        await asyncio.gather(
+            *(self._unload(entry, status) for entry in list(self.models.values())
+              for status in list(entry.versions.values()) if status.loaded is not None)
+        )  # fmt: skip
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.sync(add_missing=True)
+            except Exception:
+                logger.exception("repository poll failed")
+
+    async def load_model(self, name: str) -> None:
+        """RepositoryModelLoad: (re)load one model from disk (explicit mode)."""
+        self._require_explicit("load")
+        if not _plain_name(name):
+            raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
+        if not (self.root / name).is_dir():
+            raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
+        await self.sync(only={name}, add_missing=True, force=True)
+        entry = self.models[name]
+        if not entry.ready_versions():
+            raise ModelLoadError(
+                f"failed to load model '{name}': "
+                + (entry.reason or "; ".join(
+                    f"version {v}: {s.reason}" for v, s in sorted(entry.versions.items())
+                ) or "no version folder with a model file")
+            )  # fmt: skip
+
+    async def unload_model(self, name: str) -> None:
+        self._require_explicit("unload")
+        entry = self.entry(name)
+        async with self._lock:
+            entry.wanted = False
+            await asyncio.gather(
+                *(self._unload(entry, s) for s in list(entry.versions.values()) if s.loaded)
+            )
+            for status in entry.versions.values():
+                status.state, status.reason = UNAVAILABLE, "unloaded"
+            self._rebuild()
+
+    def _require_explicit(self, what: str) -> None:
+        if self.settings.model_control_mode != "explicit":
+            raise FailedPrecondition(
+                f"model {what} is not allowed with --model-control-mode "
+                f"{self.settings.model_control_mode}; start the server with "
+                "--model-control-mode explicit"
+            )
+
+    async def sync(
+        self, only: set[str] | None = None, add_missing: bool = True, force: bool = False
+    ) -> None:
+        """Bring loaded state in line with the disk: new models and versions
+        load, removed ones unload, changed configs and files reload. A version
+        that fails to load never replaces one that serves."""
+        async with self._lock:
+            try:
+                sources = await asyncio.get_running_loop().run_in_executor(
+                    None, repository.scan, self.root
+                )
+            except OSError as exc:
+                raise ModelLoadError(f"cannot read model repository {self.root}: {exc}") from exc
+            names = set(sources) | set(self.models)
+            if only is not None:
+                names &= only | set()
+            for name in sorted(names):
+                source = sources.get(name)
+                entry = self.models.get(name)
+                if source is None:
+                    if entry is not None:
+                        await self._remove(entry)
+                    continue
+                if entry is None:
+                    if not add_missing:
+                        continue
+                    entry = self.models[name] = ModelEntry(name, source.path)
+                elif not entry.wanted and not force:
+                    continue
+                entry.wanted = True
+                await self._sync_model(entry, source, force)
+            self._rebuild()
+
+    async def _remove(self, entry: ModelEntry) -> None:
+        logger.info("model '%s' left the repository; unloading", entry.name)
+        for status in list(entry.versions.values()):
+            if status.loaded is not None:
+                await self._unload(entry, status)
+            self.metrics.forget_version(entry.name, str(status.version))
+        del self.models[entry.name]
+
+    async def _sync_model(
+        self, entry: ModelEntry, source: repository.ModelSource, force: bool
+    ) -> None:
+        digest = _config_digest(source)
+        config_changed = digest != entry.config_digest
+        entry.config_digest = digest
+        if source.config_error:
+            entry.reason = source.config_error
+            if not entry.ready_versions():
+                for status in entry.versions.values():
+                    status.state, status.reason = UNAVAILABLE, source.config_error
+            else:  # a broken edit never takes down the versions that serve
+                logger.error("model '%s': %s (keeping the loaded versions)", entry.name,
+                             source.config_error)  # fmt: skip
+            return
+        entry.reason = ""
+        available = {v: p for v, p in source.versions.items()}
+        fingerprints = {v: _fingerprint(p) for v, p in available.items()}
+        failed: set[int] = set()
+        while True:
+            wanted = repository.select_versions(
+                source.config, [v for v in available if v not in failed]
+            )
+            to_load = [
+                v for v in wanted
+                if force or config_changed
+                or entry.versions.get(v) is None
+                or entry.versions[v].loaded is None
+                or entry.versions[v].fingerprint != fingerprints[v]
+            ]  # fmt: skip
+            to_load = [v for v in to_load if v not in failed]
+            progress = False
+            for version in to_load:
+                prior = entry.versions.get(version)
+                if (
+                    prior is not None and prior.state == UNAVAILABLE and prior.loaded is None
+                    and prior.fingerprint == fingerprints[version] and not (force or config_changed)
+                ):  # fmt: skip
+                    failed.add(version)  # same bytes failed before: do not retry
+                    progress = True
+                    continue
+                ok = await self._load(entry, source, version, available[version],
+                                      fingerprints[version])  # fmt: skip
+                if not ok:
+                    failed.add(version)
+                    progress = True
+            if not progress:
+                break
+        if not available:
+            entry.reason = f"no version folder holds {source.model_file_name}"
+        wanted_set = set(wanted)
+        for version, status in list(entry.versions.items()):
+            if version in wanted_set or version in failed and version in available:
+                continue
+            if status.loaded is not None:
+                await self._unload(entry, status)
+            if version not in available:
+                self.metrics.forget_version(entry.name, str(version))
+                del entry.versions[version]
+
+    async def _load(
+        self,
+        entry: ModelEntry,
+        source: repository.ModelSource,
+        version: int,
+        path: Path,
+        fingerprint: tuple[int, int],
+    ) -> bool:
+        label = f"{entry.name}:{version}"
+        previous = entry.versions.get(version)
+        if previous is None or previous.loaded is None:
+            entry.versions[version] = VersionStatus(version, LOADING, fingerprint=fingerprint)
+        loop = asyncio.get_running_loop()
+        try:
+            runtime, config, signature, index = await loop.run_in_executor(
+                None, self._prepare, source, path, label
+            )
+        except ServingError as exc:
+            logger.error("model %s failed to load: %s", label, exc.message)
+            if previous is not None and previous.loaded is not None:
+                previous.reason = f"reload failed, still serving the previous load: {exc.message}"
+                return False
+            entry.versions[version] = VersionStatus(
+                version, UNAVAILABLE, exc.message, fingerprint=fingerprint
+            )
+            self.metrics.set_ready(entry.name, str(version), "", False)
+            return False
+        except Exception as exc:  # a bug or an unexpected file problem: never fatal
+            logger.exception("model %s failed to load", label)
+            entry.versions[version] = VersionStatus(
+                version, UNAVAILABLE, f"{type(exc).__name__}: {exc}", fingerprint=fingerprint
+            )
+            return False
+        loaded = self._activate(entry.name, version, runtime, config, signature, index, fingerprint)
+        entry.versions[version] = VersionStatus(version, READY, "", loaded, fingerprint)
+        self.metrics.set_ready(entry.name, str(version), runtime.provider, True)
+        logger.info("model %s ready on %s (max_batch_size %d, dynamic batching %s)", label,
+                    runtime.provider, config.max_batch_size,
+                    "on" if config.HasField("dynamic_batching") else "off")  # fmt: skip
+        if previous is not None and previous.loaded is not None:
+            self._rebuild()  # new requests go to the new load, then the old one drains
+            await self._retire(entry.name, previous.loaded)
+        return True
+
+    def _prepare(
+        self, source: repository.ModelSource, path: Path, label: str
+    ) -> tuple[OnnxRuntime, mc.ModelConfig, ModelSignature, dict[str, int]]:
+        """The slow part of a load, in a worker thread."""
+        s = self.settings
+        runtime = OnnxRuntime(
+            path, device=s.device, intra_op_threads=s.intra_op_threads,
+            inter_op_threads=s.inter_op_threads, label=label,
+        )  # fmt: skip
+        config = repository.complete_config(source, runtime.inputs, runtime.outputs)
+        config.parameters["execution_provider"].string_value = runtime.provider
+        kind = mc.ModelInstanceGroup.KIND_GPU if "CUDA" in runtime.provider else (
+            mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip
+        for group in config.instance_group:
+            group.kind = kind
+        batching = config.max_batch_size > 0
+        inputs = [
+            TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
+            for i in config.input
+        ]
+        outputs = []
+        for o in config.output:
+            labels = (
+                tuple(repository.read_labels(source, o.label_filename))
+                if o.label_filename else None
+            )  # fmt: skip
+            outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
+                                      tuple(o.dims), labels))  # fmt: skip
+        signature = ModelSignature(source.name, config.max_batch_size, inputs, outputs)
+        graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
+        index = {o.name: graph_index[o.name] for o in config.output}
+        # Warm-up: one row of zeros through the graph, so the first request
+        # does not pay for lazy initialisation; a model that cannot run fails here.
+        feeds = {}
+        for spec in inputs:
+            dims = [1 if d == -1 else d for d in spec.dims]
+            shape = [1, *dims] if batching else dims
+            feeds[spec.name] = np.zeros(shape, dtype=DTYPE_BY_DATATYPE[spec.datatype])
+        try:
+            runtime.run(feeds)
+        except ServingError as exc:
+            raise ModelLoadError(f"warm-up inference failed: {exc.message}") from exc
+        return runtime, config, signature, index
+
+    def _activate(
+        self,
+        name: str,
+        version: int,
+        runtime: OnnxRuntime,
+        config: mc.ModelConfig,
+        signature: ModelSignature,
+        index: dict[str, int],
+        fingerprint: tuple[int, int],
+    ) -> LoadedVersion:
+        version_str = str(version)
+        metrics = self.metrics.for_version(name, version_str) if self.metrics.enabled else None
+        stats = VersionStats()
+        batch_hist = metrics.batch_size if metrics is not None else None
+
+        def on_batch(rows: int, compute: float) -> None:
+            stats.record_batch(rows, compute)
+            if batch_hist is not None:
+                batch_hist.observe(rows)
+
+        db = config.dynamic_batching if config.HasField("dynamic_batching") else None
+        queue_size = self.settings.max_queue_size
+        if db is not None and db.default_queue_policy.max_queue_size > 0:
+            queue_size = db.default_queue_policy.max_queue_size
+        workers = sum(max(g.count, 1) for g in config.instance_group) or 1
+        batcher = DynamicBatcher(
+            runtime.run,
+            max_batch_size=config.max_batch_size,
+            batching=db is not None,
+            max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
+            preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
+            max_queue_size=queue_size,
+            workers=max(workers, self.settings.inference_threads),
+            executor=self.executor,
+            on_batch=on_batch,
+            name=f"{name}:{version}",
+        )
+        return LoadedVersion(name, version, version_str, config, runtime, signature, batcher,
+                             metrics, stats, index, fingerprint)  # fmt: skip
+
+    async def _retire(self, name: str, loaded: LoadedVersion) -> None:
+        await loaded.batcher.close(drain=True)
+
+    async def _unload(self, entry: ModelEntry, status: VersionStatus) -> None:
+        loaded = status.loaded
+        if loaded is None:
+            return
+        status.state, status.reason, status.loaded = UNLOADING, "", None
+        self._rebuild()  # no new requests; queued ones still finish
+        await loaded.batcher.close(drain=True)
+        status.state, status.reason = UNAVAILABLE, "unloaded"
+        self.metrics.set_ready(entry.name, loaded.version_str, loaded.runtime.provider, False)
+        logger.info("model %s:%d unloaded", entry.name, status.version)
+
+    def _rebuild(self) -> None:
+        ready: dict[tuple[str, str], LoadedVersion] = {}
+        for name, entry in self.models.items():
+            versions = entry.ready_versions()
+            for loaded in versions:
+                ready[(name, loaded.version_str)] = loaded
+            if versions:
+                ready[(name, "")] = versions[-1]
+        self._ready = ready
+
+    def default_version(self, name: str) -> LoadedVersion | None:
+        return self._ready.get((name, ""))
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and len(name) <= MAX_NAME_LENGTH and repository.is_plain_name(name)
+
+
+def _fingerprint(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _config_digest(source: repository.ModelSource) -> str:
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in source.path.iterdir() if p.is_file()):
+        if name == repository.CONFIG_FILE or name.endswith(".txt"):
+            try:
+                h.update(name.encode() + b"\0" + (source.path / name).read_bytes())
+            except OSError:
+                pass
+    return h.hexdigest()

@@ -1,0 +1,293 @@
+"""The model repository in Triton's layout, read from disk.
+
+    <root>/<model>/config.pbtxt        ModelConfig, protobuf text format (optional)
+    <root>/<model>/labels.txt          class labels, named by an output's label_filename
+    <root>/<model>/<version>/model.onnx    versions are positive integers
+
+``scan`` lists what is on disk without loading anything; ``complete_config``
+checks a config against the ONNX graph, or builds it from the graph when the
+folder has none (Triton's auto-complete). Folder entries that are not
+all-digit (``.dlserve-tmp-*`` from an export in progress, reports, notes)
+are never versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from google.protobuf import text_format
+
+from serving._generated import model_config_pb2 as mc
+from serving.errors import ModelLoadError
+from serving.runtime import TensorInfo
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.pbtxt"
+DEFAULT_MODEL_FILE = "model.onnx"
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+#: Triton's auto-complete default when the graph's first dimension is dynamic.
+AUTOCOMPLETE_MAX_BATCH_SIZE = 4
+
+_VERSION_RE = re.compile(r"^[0-9]{1,18}$")
+
+#: config DataType enum name <-> KServe V2 datatype name.
+DATATYPE_BY_CONFIG = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
+}
+CONFIG_BY_DATATYPE = {v: k for k, v in DATATYPE_BY_CONFIG.items()}
+
+
+def datatype_of(enum_value: int) -> str:
+    """KServe datatype name of a config ``DataType`` enum value."""
+    return DATATYPE_BY_CONFIG.get(mc.DataType.Name(enum_value), "INVALID")
+
+
+def config_datatype(datatype: str) -> int:
+    return int(mc.DataType.Value(CONFIG_BY_DATATYPE.get(datatype, "TYPE_INVALID")))
+
+
+@dataclass
+class ModelSource:
+    """One model folder as found on disk."""
+
+    name: str
+    path: Path
+    config: mc.ModelConfig | None = None
+    #: Why config.pbtxt could not be read; the model cannot load while set.
+    config_error: str | None = None
+    #: Version number -> model file, for every version folder holding one.
+    versions: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def model_file_name(self) -> str:
+        if self.config is not None and self.config.default_model_filename:
+            return self.config.default_model_filename
+        return DEFAULT_MODEL_FILE
+
+
+def safe_file_name(name: str, what: str) -> str:
+    """A plain file name from a config, never a path out of the model folder."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ModelLoadError(f"{what} {name!r} must be a plain file name in the model folder")
+    return name
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt; raise ModelLoadError with the parser's message."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+    try:
+        return text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as exc:
+        raise ModelLoadError(f"{path.name} is not a valid ModelConfig: {exc}") from exc
+
+
+def scan_model(path: Path) -> ModelSource:
+    source = ModelSource(name=path.name, path=path)
+    config_path = path / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            source.config = read_config(config_path)
+        except ModelLoadError as exc:
+            source.config_error = exc.message
+    file_name = source.model_file_name
+    try:
+        entries = list(path.iterdir())
+    except OSError as exc:
+        source.config_error = source.config_error or f"cannot list {path}: {exc}"
+        return source
+    for entry in entries:
+        if not _VERSION_RE.match(entry.name) or not entry.is_dir():
+            continue
+        version = int(entry.name)
+        model_file = entry / file_name
+        if version > 0 and model_file.is_file():
+            source.versions[version] = model_file
+    return source
+
+
+def scan(root: Path) -> dict[str, ModelSource]:
+    """Every model folder under ``root`` (hidden folders skipped)."""
+    sources: dict[str, ModelSource] = {}
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        sources[entry.name] = scan_model(entry)
+    return sources
+
+
+def select_versions(config: mc.ModelConfig | None, available: Sequence[int]) -> list[int]:
+    """The versions the config's version_policy serves (Triton's default: latest 1)."""
+    ordered = sorted(available)
+    policy = config.version_policy if config is not None else None
+    kind = policy.WhichOneof("policy_choice") if policy is not None else None
+    if policy is not None and kind == "all":
+        return ordered
+    if policy is not None and kind == "specific":
+        wanted = set(policy.specific.versions)
+        return [v for v in ordered if v in wanted]
+    n = policy.latest.num_versions if policy is not None and kind == "latest" else 1
+    return ordered[-max(n, 1) :] if ordered else []
+
+
+def _compatible(config_dims: Sequence[int], graph_dims: Sequence[int]) -> bool:
+    return len(config_dims) == len(graph_dims) and all(
+        c == g or c == -1 or g == -1 for c, g in zip(config_dims, graph_dims, strict=False)
+    )
+
+
+def complete_config(
+    source: ModelSource, graph_inputs: Sequence[TensorInfo], graph_outputs: Sequence[TensorInfo]
+) -> mc.ModelConfig:
+    """The config to serve with: the folder's own, checked against the graph,
+    with what it leaves out filled in from the graph."""
+    config = mc.ModelConfig()
+    if source.config is not None:
+        config.CopyFrom(source.config)
+    name = source.name
+    if config.name and config.name != name:
+        raise ModelLoadError(
+            f"config.pbtxt names the model {config.name!r}, its folder is {name!r}"
+        )
+    config.name = name
+    if config.platform and config.platform != PLATFORM:
+        raise ModelLoadError(f"platform {config.platform!r} is not served; only {PLATFORM!r}")
+    if config.backend and config.backend != BACKEND:
+        raise ModelLoadError(f"backend {config.backend!r} is not served; only {BACKEND!r}")
+    config.platform = PLATFORM
+    config.backend = BACKEND
+    if config.max_batch_size < 0:
+        raise ModelLoadError(f"max_batch_size must be >= 0, got {config.max_batch_size}")
+
+    first_dims = [t.shape[0] if t.shape else 0 for t in (*graph_inputs, *graph_outputs)]
+    if source.config is None or (
+        not source.config.input and not source.config.output and config.max_batch_size == 0
+    ):
+        batchable = all(d == -1 for d in first_dims)
+        if batchable and config.max_batch_size == 0:
+            config.max_batch_size = AUTOCOMPLETE_MAX_BATCH_SIZE
+            if not config.HasField("dynamic_batching"):
+                config.dynamic_batching.SetInParent()
+    batching = config.max_batch_size > 0
+
+    def strip(shape: Sequence[int], what: str) -> list[int]:
+        if not batching:
+            return list(shape)
+        if not shape or shape[0] != -1:
+            raise ModelLoadError(
+                f"{what} has no dynamic first dimension (shape {list(shape)}), so it cannot "
+                f"batch: set max_batch_size: 0 in config.pbtxt"
+            )
+        return list(shape[1:])
+
+    graph_in = {t.name: t for t in graph_inputs}
+    graph_out = {t.name: t for t in graph_outputs}
+    _complete_tensors(config.input, graph_in, "input", strip)
+    _complete_tensors(config.output, graph_out, "output", strip)
+    missing = set(graph_in) - {i.name for i in config.input}
+    if missing:
+        raise ModelLoadError(f"config.pbtxt lacks graph input(s) {sorted(missing)}")
+    for tensor in (*config.input, *config.output):
+        if tensor.HasField("reshape"):
+            raise ModelLoadError(f"{tensor.name!r}: reshape is not supported")
+    for out in config.output:
+        if out.label_filename:
+            safe_file_name(out.label_filename, f"output {out.name!r} label_filename")
+    if not config.instance_group:
+        config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_AUTO)
+    if not config.HasField("version_policy"):
+        config.version_policy.latest.num_versions = 1
+    if not config.default_model_filename:
+        config.default_model_filename = DEFAULT_MODEL_FILE
+    if config.HasField("dynamic_batching"):
+        for size in config.dynamic_batching.preferred_batch_size:
+            if size <= 0 or size > config.max_batch_size:
+                raise ModelLoadError(
+                    f"preferred_batch_size {size} must be in 1..max_batch_size "
+                    f"({config.max_batch_size})"
+                )
+    return config
+
+
+def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip) -> None:  # type: ignore[no-untyped-def]
+    if not tensors:
+        for info in graph.values():
+            tensors.add(
+                name=info.name,
+                data_type=config_datatype(info.datatype),
+                dims=strip(info.shape, f"{kind} {info.name!r}"),
+            )
+        return
+    seen: set[str] = set()
+    for tensor in tensors:
+        if tensor.name in seen:
+            raise ModelLoadError(f"config.pbtxt lists {kind} {tensor.name!r} twice")
+        seen.add(tensor.name)
+        info = graph.get(tensor.name)
+        if info is None:
+            raise ModelLoadError(
+                f"config.pbtxt {kind} {tensor.name!r} is not in the ONNX graph "
+                f"(graph {kind}s: {sorted(graph)})"
+            )
+        want = datatype_of(tensor.data_type)
+        if want != info.datatype:
+            raise ModelLoadError(
+                f"config.pbtxt {kind} {tensor.name!r} is {want}, "
+                f"the ONNX graph says {info.datatype}"
+            )
+        graph_dims = strip(info.shape, f"{kind} {info.name!r}")
+        if not tensor.dims:
+            tensor.dims.extend(graph_dims)
+        elif not _compatible(list(tensor.dims), graph_dims):
+            raise ModelLoadError(
+                f"config.pbtxt {kind} {tensor.name!r} has dims {list(tensor.dims)}, the ONNX "
+                f"graph has {graph_dims} (batch dimension excluded when max_batch_size > 0)"
+            )
+        if any(d == 0 or d < -1 for d in tensor.dims):
+            raise ModelLoadError(f"config.pbtxt {kind} {tensor.name!r} has invalid dims")
+
+
+def read_labels(source: ModelSource, file_name: str) -> list[str]:
+    path = source.path / safe_file_name(file_name, "label_filename")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read labels {file_name!r}: {exc}") from exc
+
+
+def element_count(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+def is_plain_name(name: str) -> bool:
+    """A model name from a request that is safe to join to the repository
+    path: one path component, no traversal, no NUL, not hidden."""
+    return (
+        bool(name)
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and not name.startswith(".")
+    )

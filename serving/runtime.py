@@ -1,0 +1,149 @@
+"""ONNX Runtime sessions: device selection, thread settings, warm-up.
+
+Everything onnxruntime raises is wrapped here (``raise ... from exc``) into
+``ModelLoadError`` or ``InferenceFailed``; nothing above this module sees an
+onnxruntime exception.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from serving.errors import InferenceFailed, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+
+#: onnxruntime's tensor type string -> KServe V2 datatype.
+DATATYPE_BY_ORT_TYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """A graph input or output: datatype and shape (-1 for dynamic dims)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+class Runtime(Protocol):
+    """What the batcher needs from a loaded model."""
+
+    provider: str
+    inputs: Sequence[TensorInfo]
+    outputs: Sequence[TensorInfo]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run every output of the graph, in ``outputs`` order. Thread-safe."""
+        ...
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # pragma: no cover - install problem
+        raise ModelLoadError(
+            "onnxruntime is not installed: pip install 'dlserve[cpu]' (or '[gpu]')"
+        ) from exc
+    return onnxruntime
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """Whether the CUDA execution provider can be used, and why not."""
+    ort = _ort()
+    if CUDA_EP not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDAExecutionProvider (install dlserve[gpu])"
+    return True, ""
+
+
+def _dims(shape: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) and d >= 0 else -1 for d in shape)
+
+
+class OnnxRuntime:
+    """One onnxruntime session for one model version."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "auto",
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        label: str = "",
+    ) -> None:
+        ort = _ort()
+        label = label or str(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if intra_op_threads == 1:
+            # A single intra-op thread never needs to spin waiting for work.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+        providers: list[str]
+        if device == "cpu":
+            providers = [CPU_EP]
+        else:
+            ok, why = cuda_usable()
+            if ok:
+                providers = [CUDA_EP, CPU_EP]
+            elif device == "cuda":
+                raise ModelLoadError(f"--device cuda cannot be honoured: {why}")
+            else:
+                logger.info("%s: CUDA not used (%s); falling back to %s", label, why, CPU_EP)
+                providers = [CPU_EP]
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+
+        active = self._session.get_providers()
+        if device == "cuda" and CUDA_EP not in active:
+            raise ModelLoadError(
+                "--device cuda cannot be honoured: the CUDA provider did not start"
+            )
+        if device == "auto" and CUDA_EP in providers and CUDA_EP not in active:
+            logger.warning("%s: CUDA provider failed to start; falling back to %s", label, CPU_EP)
+        self.provider: str = active[0]
+        self.inputs = [
+            TensorInfo(i.name, DATATYPE_BY_ORT_TYPE.get(i.type, i.type), _dims(i.shape))
+            for i in self._session.get_inputs()
+        ]
+        self.outputs = [
+            TensorInfo(o.name, DATATYPE_BY_ORT_TYPE.get(o.type, o.type), _dims(o.shape))
+            for o in self._session.get_outputs()
+        ]
+        self._output_names = [o.name for o in self.outputs]
+        self._run = self._session.run
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self._run(self._output_names, feeds)  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise InferenceFailed(f"onnxruntime failed: {exc}") from exc

@@ -1,0 +1,54 @@
+"""Cumulative per-version statistics for the ModelStatistics RPC (Triton's
+InferStatistics): plain integer counters, nanoseconds, updated on the event
+loop thread only."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+
+@dataclass(slots=True)
+class VersionStats:
+    inference_count: int = 0  # rows inferred
+    execution_count: int = 0  # onnxruntime runs (batches)
+    last_inference_ms: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    #: batch size -> (executions, compute ns)
+    batches: dict[int, Duration] = field(default_factory=dict)
+
+    def record_batch(self, rows: int, compute_seconds: float) -> None:
+        self.execution_count += 1
+        entry = self.batches.get(rows)
+        if entry is None:
+            entry = self.batches[rows] = Duration()
+        entry.add(compute_seconds)
+
+    def record_success(
+        self, rows: int, total: float, prep: float, queue: float, compute: float, post: float
+    ) -> None:
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)
+        self.success.add(total)
+        self.queue.add(queue)
+        self.compute_input.add(prep)
+        self.compute_infer.add(compute)
+        self.compute_output.add(post)
+
+    def record_failure(self, total: float) -> None:
+        self.fail.add(total)
