@@ -1,0 +1,154 @@
+"""Start a real ``dlserve serve`` process on 127.0.0.1 for tests.
+
+    with ServerProcess(repo) as server:
+        client = tritonclient.grpc.InferenceServerClient(server.url)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support import free_port
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        repository: Path | str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 60.0,
+        wait_ready: bool = True,
+        tls_ca: bytes | None = None,
+    ) -> None:
+        self.repository = Path(repository)
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.ready_timeout = ready_timeout
+        self.wait_ready = wait_ready
+        self.tls_ca = tls_ca
+        self.proc: subprocess.Popen[str] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "dlserve", "serve",
+            "--model-repository", str(self.repository),
+            "--host", "127.0.0.1",
+            "--grpc-port", str(self.grpc_port),
+            "--metrics-port", str(self.metrics_port),
+            *self.args,
+        ]  # fmt: skip
+
+    def start(self) -> "ServerProcess":
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="dlserve-test-", suffix=".log")
+        self.log_path = Path(name)
+        self._log = os.fdopen(fd, "w")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, text=True, env=self.env
+        )
+        if self.wait_ready:
+            self.wait_until_serving()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def _channel(self) -> grpc.Channel:
+        if self.tls_ca is not None:
+            return grpc.secure_channel(self.url, grpc.ssl_channel_credentials(self.tls_ca))
+        return grpc.insecure_channel(self.url)
+
+    def wait_until_serving(self) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerFailed(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with self._channel() as ch:
+                    reply = health_pb2_grpc.HealthStub(ch).Check(
+                        health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                    )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise ServerFailed(f"server not serving after {self.ready_timeout}s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send ``sig`` and wait for the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise ServerFailed(f"server did not stop within {timeout}s:\n{self.log()}")
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> "ServerProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.kill()
+            if self.log_path is not None:
+                self.log_path.unlink(missing_ok=True)
+
+
+def run_cli(*args: str, timeout: float = 120.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``dlserve ARGS`` (as ``python -m dlserve``) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "dlserve", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+__all__: Sequence[str] = ("ServerProcess", "ServerFailed", "run_cli", "wait_for")
