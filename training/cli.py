@@ -118,6 +118,11 @@ def _register_train(subparsers: Any) -> None:
         "--batch-size", type=_positive_int, help="mini-batch size (default: full batch)"
     )
     hp.add_argument("--weight-decay", type=_float(0.0, inclusive=True))
+    hp.add_argument(
+        "--label-smoothing",
+        type=_float(0.0, inclusive=True),
+        help="cross-entropy label smoothing in [0, 1) (presets: 0.05)",
+    )
     hp.add_argument("--seed", type=_non_negative_int, help="random seed (data, init, order)")
     hp.add_argument(
         "--samples", type=_positive_int, dest="n_samples", help="2-D sets: points (default 1000)"
@@ -157,6 +162,7 @@ _OVERRIDES = (
     "epochs",
     "batch_size",
     "weight_decay",
+    "label_smoothing",
     "seed",
     "n_samples",
     "noise",

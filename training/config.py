@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int | None = None  # None: full batch
     seed: int = 0
     weight_decay: float = 0.0
+    label_smoothing: float = 0.0
     n_samples: int = 1000  # 2-D sets only
     noise: float | None = None  # 2-D sets only; None: the data set's default
     val_fraction: float = 0.25
@@ -78,6 +79,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight decay must be a number >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden sizes must be positive, got {list(self.hidden)}")
         if self.n_samples < 8:

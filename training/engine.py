@@ -131,13 +131,16 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     max_steps: int | None = None,
+    label_smoothing: float = 0.0,
 ) -> History:
     """Train ``model`` (returns logits) with cross-entropy; returns the `History`.
 
     ``batch_size=None`` trains full-batch. Train loss/accuracy of an epoch are
-    the means over its steps (measured before each update); validation is
-    measured after the epoch. ``max_steps`` stops early after that many
-    optimizer steps in total (``--dry-run`` uses 1).
+    the means over its steps (measured before each update; the loss is plain
+    cross-entropy even with label smoothing); validation is measured after the
+    epoch. ``max_steps`` stops early after that many
+    optimizer steps in total (``--dry-run`` uses 1). ``label_smoothing`` is
+    passed to the cross-entropy (the presets use it to keep logits small).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -151,7 +154,7 @@ def fit(
     bs = n if batch_size is None else min(batch_size, n)
     layers = weighted_layers(model)
     hist = History(layer_names=[describe_layer(m) for _, m in layers])
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     steps = 0
     started = time.perf_counter()
 
@@ -184,7 +187,12 @@ def fit(
             ]
             opt.step()
             batches += 1
-            loss_sum += loss.item() * len(yb)
+            # Record plain cross-entropy (no label smoothing) so that train and
+            # validation losses measure the same thing.
+            plain = (
+                loss if label_smoothing == 0 else nn.functional.cross_entropy(logits.detach(), yb)
+            )
+            loss_sum += plain.item() * len(yb)
             correct += (logits.argmax(dim=1) == yb).sum().item()
             seen += len(yb)
             steps += 1

@@ -7,7 +7,6 @@ returns a `TrainOutcome`; the CLI and `training.presets` are thin layers on it.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import shutil
 import sys
@@ -71,9 +70,11 @@ def build_model(cfg: TrainConfig, split: datasets.Split) -> nn.Module:
 
 
 def _threads_for(cfg: TrainConfig) -> int:
-    # Tiny full-batch MLPs run fastest on one thread (thread start-up costs more
-    # than the math); the CNN benefits from a second core.
-    return 1 if cfg.dataset != "digits" else max(1, min(2, os.cpu_count() or 1))
+    # These networks and data sets are tiny: thread start-up and synchronisation
+    # cost more than the math. Measured on 2 busy cores, digits-cnn trained in
+    # 1.1 s on one thread and 9.9 s on two (same weights: results do not depend
+    # on it here).
+    return 1
 
 
 def run(
@@ -135,6 +136,7 @@ def run(
                 seed=cfg.seed,
                 progress=progress,
                 max_steps=1 if dry_run else None,
+                label_smoothing=cfg.label_smoothing,
             )
         t_train = time.perf_counter()
         model.eval()

@@ -54,7 +54,7 @@ def run_experiment(name: str, *, dataset: str | None, seed: int, out: Path, quic
     from training.experiments.report import ExperimentReport, prepare_out
 
     module = importlib.import_module(f"{__name__}.{module_name}")
-    check_dataset(name, dataset, module.DATASETS)
+    check_dataset(name, dataset, module.DATASETS, getattr(module, "DATASETS_WHY", ""))
     out = prepare_out(Path(out))
     report = ExperimentReport(
         name=name,

@@ -20,8 +20,10 @@ from training.models import MLP, with_normalization
 TARGET_ACC = 0.95
 
 
-def check_dataset(experiment: str, dataset: str | None, allowed: Sequence[str]) -> None:
-    """Reject a --dataset the experiment cannot use, with the reason."""
+def check_dataset(
+    experiment: str, dataset: str | None, allowed: Sequence[str], why: str = ""
+) -> None:
+    """Reject a --dataset the experiment cannot use; `why` explains the choice."""
     if dataset is None or dataset in allowed:
         return
     if dataset == "digits":
@@ -31,8 +33,9 @@ def check_dataset(experiment: str, dataset: str | None, allowed: Sequence[str]) 
         )
     if dataset in datasets.DATASETS_2D:
         raise CliError(
-            f"--dataset {dataset} does not fit experiment {experiment}; "
-            f"choose one of {', '.join(allowed)}"
+            f"--dataset {dataset} does not fit experiment {experiment}"
+            + (f" ({why})" if why else "")
+            + f"; choose one of {', '.join(allowed)}"
         )
     raise CliError(f"unknown --dataset {dataset!r}; choose one of {', '.join(allowed)}")
 

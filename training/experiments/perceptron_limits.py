@@ -23,6 +23,9 @@ from training.models import PerceptronResult, train_perceptron
 #: The data set that is not linearly separable (replaces XOR via --dataset).
 #: linear and gaussian are (nearly) separable by a line, so they show nothing.
 DATASETS = ("xor", "circle", "spiral")
+DATASETS_WHY = (
+    "it picks the data set no line separates; a line (nearly) separates linear and gaussian"
+)
 SEPARABLE = "linear"
 FIGURE = "perceptron-limits.png"
 
