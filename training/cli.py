@@ -110,29 +110,49 @@ def _register_train(subparsers: Any) -> None:
     )
     hp.add_argument("--activation", choices=ACTIVATIONS)
     hp.add_argument("--optimizer", choices=OPTIMIZERS)
-    hp.add_argument("--lr", type=_float(0.0, inclusive=False), help="learning rate")
+    hp.add_argument("--lr", type=_float(0.0, inclusive=False), metavar="X", help="learning rate")
     hp.add_argument(
-        "--epochs", type=_positive_int, help="epochs (for the perceptron: the PLA's limit)"
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="epochs (for the perceptron: the PLA's limit)",
     )
     hp.add_argument(
-        "--batch-size", type=_positive_int, help="mini-batch size (default: full batch)"
+        "--batch-size",
+        type=_positive_int,
+        metavar="B",
+        help="mini-batch size (default: full batch)",
     )
-    hp.add_argument("--weight-decay", type=_float(0.0, inclusive=True))
+    hp.add_argument("--weight-decay", type=_float(0.0, inclusive=True), metavar="W")
     hp.add_argument(
         "--label-smoothing",
         type=_float(0.0, inclusive=True),
-        help="cross-entropy label smoothing in [0, 1) (presets: 0.05)",
-    )
-    hp.add_argument("--seed", type=_non_negative_int, help="random seed (data, init, order)")
-    hp.add_argument(
-        "--samples", type=_positive_int, dest="n_samples", help="2-D sets: points (default 1000)"
+        metavar="E",
+        help="cross-entropy label smoothing in [0, 1) (default 0.05: keeps logits small)",
     )
     hp.add_argument(
-        "--noise", type=_float(0.0, inclusive=True), help="2-D sets: noise (std of the jitter)"
+        "--seed", type=_non_negative_int, metavar="S", help="random seed (data, init, order)"
+    )
+    hp.add_argument(
+        "--samples",
+        type=_positive_int,
+        dest="n_samples",
+        metavar="N",
+        help="2-D sets: points (default 1000)",
+    )
+    hp.add_argument(
+        "--noise",
+        type=_float(0.0, inclusive=True),
+        metavar="SD",
+        help="2-D sets: noise (std of the jitter)",
     )
     out = p.add_argument_group("output")
-    out.add_argument("--repository", default="models", help="model repository (default: models)")
-    out.add_argument("--runs-dir", default="runs", help="where reports go (default: runs)")
+    out.add_argument(
+        "--repository", default="models", metavar="DIR", help="model repository (default: models)"
+    )
+    out.add_argument(
+        "--runs-dir", default="runs", metavar="DIR", help="where reports go (default: runs)"
+    )
     out.add_argument(
         "--dry-run", action="store_true", help="train on one batch and stop (no export)"
     )
