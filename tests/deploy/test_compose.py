@@ -23,7 +23,10 @@ def check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
     assert exe, "check-jsonschema is not installed in the test environment"
     return subprocess.run(
         [exe, "--builtin-schema", "vendor.compose-spec", *map(str, files)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -72,7 +75,9 @@ def test_dlserve_service_builds_the_cpu_image_and_drains() -> None:
 
 def test_prometheus_service_mounts_our_config_and_rules() -> None:
     prometheus = load(DEPLOY / "compose.yaml")["services"]["prometheus"]
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"] if v.startswith("./"))
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in prometheus["volumes"] if v.startswith("./")
+    )
     assert mounts["./prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
     assert mounts["./prometheus/rules"] == "/etc/prometheus/rules"
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
@@ -90,4 +95,3 @@ def test_gpu_override_uses_the_cuda_image_and_reserves_gpus() -> None:
     assert dlserve["command"][-2:] == ["--device", "auto"]
     (device,) = dlserve["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-

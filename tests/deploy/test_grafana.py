@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.deploy import promql
-from tests.deploy.test_prometheus import CONTRACT_FAMILIES, _METRIC_NAME
+from tests.deploy.test_prometheus import _METRIC_NAME, CONTRACT_FAMILIES
 from tests.support import require_binary
 
 GRAFANA = promql.REPO / "deploy" / "grafana"
@@ -40,7 +40,10 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = subprocess.run(
         [require_binary("promtool"), "check", "rules", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
@@ -78,7 +81,9 @@ def test_panel_layout_is_valid(dashboard: dict[str, Any]) -> None:
     for panel in panels(dashboard):
         g = panel["gridPos"]
         assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, panel["title"]
-        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not area & cells, f"{panel['title']} overlaps another panel"
         cells |= area
 
@@ -94,7 +99,10 @@ def test_dashboard_covers_the_issue(dashboard: dict[str, Any]) -> None:
 
     latency = panel("Request latency per model")
     assert [e.split(",")[0] for e in latency] == [
-        "histogram_quantile(0.5", "histogram_quantile(0.95", "histogram_quantile(0.99"]
+        "histogram_quantile(0.5",
+        "histogram_quantile(0.95",
+        "histogram_quantile(0.99",
+    ]
     assert all("by (le, model)" in e for e in latency)
     queue_compute = " ".join(panel("Queue vs compute"))
     assert "dlserve_queue_duration_seconds_bucket" in queue_compute
@@ -112,7 +120,9 @@ def test_provisioning_matches_compose_mounts() -> None:
     (provider,) = yaml.safe_load(PROVIDERS.read_text())["providers"]
     assert provider["type"] == "file"
     grafana = yaml.safe_load(COMPOSE.read_text())["services"]["grafana"]
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("./"))
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1) for v in grafana["volumes"] if v.startswith("./")
+    )
     assert mounts["./grafana/dashboards"] == provider["options"]["path"]
     assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]

@@ -95,8 +95,13 @@ def test_alerts_cover_latency_slo_errors_and_readiness() -> None:
 
 
 def test_every_alert_has_a_separable_threshold() -> None:
-    rules = [r for f in promql.rule_files() for g in yaml.safe_load(f.read_text())["groups"]
-             for r in g["rules"] if "alert" in r]
+    rules = [
+        r
+        for f in promql.rule_files()
+        for g in yaml.safe_load(f.read_text())["groups"]
+        for r in g["rules"]
+        if "alert" in r
+    ]
     assert rules
     for rule in rules:
         signal, op, threshold = promql.split_alert(rule["expr"])
@@ -108,7 +113,7 @@ def test_every_alert_has_a_separable_threshold() -> None:
 def test_split_alert_rejects_inline_thresholds() -> None:
     with pytest.raises(ValueError):
         promql.split_alert("up == 0")
-    assert promql.split_alert("up{job=\"dlserve\"}\n== 0") == ('up{job="dlserve"}', "==", 0.0)
+    assert promql.split_alert('up{job="dlserve"}\n== 0') == ('up{job="dlserve"}', "==", 0.0)
 
 
 def test_every_extracted_expression_parses(tmp_path: Path) -> None:
