@@ -121,7 +121,9 @@ class ModelManager:
         if entry is None:
             raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
         if version:
-            if not version.isdigit() or len(version) > 18:
+            # ASCII digits only: str.isdigit() and int() also accept other
+            # scripts' digits ("１"), which are no version folder name.
+            if not (version.isascii() and version.isdigit()) or len(version) > 18:
                 raise ModelNotFound(
                     f"model '{name}' has no version '{version[:32]}': "
                     "versions are positive integers"
@@ -132,6 +134,8 @@ class ModelManager:
                     f"model '{name}' has no version {version}; "
                     f"versions: {sorted(entry.versions) or 'none'}"
                 )
+            if status.state == READY and status.loaded is not None:
+                return status.loaded  # the same number written differently ("01")
             raise ModelNotReady(
                 f"model '{name}' version {version} is not ready ({status.state.lower()}"
                 + (f": {status.reason}" if status.reason else "")
@@ -147,7 +151,10 @@ class ModelManager:
         entry = self.models.get(name)
         if entry is None:
             return "", ""
-        if version.isdigit() and int(version) in entry.versions:
+        if (
+            version.isascii() and version.isdigit() and len(version) <= 18
+            and int(version) in entry.versions
+        ):  # fmt: skip
             return name, str(int(version))
         return name, ""
 
@@ -203,10 +210,10 @@ class ModelManager:
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: (re)load one model from disk (explicit mode)."""
         self._require_explicit("load")
-        if not _plain_name(name):
-            raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
-        if not (self.root / name).is_dir():
-            raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
+        # A request's name is never a path: one plain component, and only
+        # one that a scan of the repository lists.
+        if not _plain_name(name) or not _is_model_folder(self.root, name):
+            raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
         await self.sync(only={name}, add_missing=True, force=True)
         entry = self.models[name]
         if not entry.ready_versions():
@@ -496,6 +503,13 @@ class ModelManager:
 
 def _plain_name(name: str) -> bool:
     return bool(name) and len(name) <= MAX_NAME_LENGTH and repository.is_plain_name(name)
+
+
+def _is_model_folder(root: Path, name: str) -> bool:
+    try:
+        return (root / name).is_dir()
+    except (OSError, ValueError):  # name too long for the file system, and the like
+        return False
 
 
 def _fingerprint(path: Path) -> tuple[int, int]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -92,8 +95,8 @@ class Server:
         ]
         interceptors = [BearerTokenInterceptor(token)] if token else []
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        add_guarded(pb_grpc.add_GRPCInferenceServiceServicer_to_server, self.servicer, server)
+        add_guarded(health_pb2_grpc.add_HealthServicer_to_server, self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server, pool=POOL
         )
@@ -149,6 +152,131 @@ class Server:
             self._http.stop()
         self.executor.shutdown(wait=True)
         logger.info("stopped")
+
+
+class _Undecodable:
+    """What a handler receives instead of a request whose bytes do not parse."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _safe(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return deserialize
+
+
+def _not_a_message(method: str, request: _Undecodable) -> str:
+    return f"{method}: the request body is not a valid protobuf message ({request.reason[:200]})"
+
+
+def _guard_unary(behavior: Any, method: str) -> Any:
+    """Wrap a unary-request handler (unary or server-streaming response)."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if type(request) is _Undecodable:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, request)
+                )
+            async for response in behavior(request, context):
+                yield response
+
+        return generator
+
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if type(request) is _Undecodable:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, request))
+        return await behavior(request, context)
+
+    return handler
+
+
+def _guard_stream_stream(behavior: Any, method: str) -> Any:
+    """A message that does not parse ends the request stream there: the
+    requests before it are still answered, then the call ends with
+    INVALID_ARGUMENT."""
+
+    def checked(requests: Any, bad: list[_Undecodable]) -> AsyncIterator[Any]:
+        async def iterate() -> AsyncIterator[Any]:
+            async for request in requests:
+                if type(request) is _Undecodable:
+                    bad.append(request)
+                    return
+                yield request
+
+        return iterate()
+
+    async def refuse(context: grpc.aio.ServicerContext, bad: list[_Undecodable]) -> None:
+        if bad:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, bad[0]))
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            bad: list[_Undecodable] = []
+            async for response in behavior(checked(requests, bad), context):
+                yield response
+            await refuse(context, bad)
+
+        return generator
+
+    async def handler(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        bad: list[_Undecodable] = []
+        result = await behavior(checked(requests, bad), context)
+        await refuse(context, bad)
+        return result
+
+    return handler
+
+
+class _Capture:
+    """Stands in for the server to collect a generated ``add_*_to_server``'s handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_guarded(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """Register a generated service so that a request body that is not a valid
+    protobuf message is answered INVALID_ARGUMENT (a client mistake), not
+    grpc's UNKNOWN with a traceback in the log."""
+    capture = _Capture()
+    add(servicer, capture)
+    if not capture.handlers:  # generated code of another shape: register as it is
+        add(servicer, server)
+        return
+    guarded = {}
+    for name, h in capture.handlers.items():
+        method = f"/{capture.service}/{name}"
+        deserializer = _safe(h.request_deserializer) if h.request_deserializer else None
+        if h.unary_unary is not None:
+            h = h._replace(unary_unary=_guard_unary(h.unary_unary, method))
+        elif h.unary_stream is not None:
+            h = h._replace(unary_stream=_guard_unary(h.unary_stream, method))
+        elif h.stream_stream is not None:
+            h = h._replace(stream_stream=_guard_stream_stream(h.stream_stream, method))
+        else:  # client streaming: none in these services; keep grpc's handling
+            deserializer = h.request_deserializer
+        guarded[name] = h._replace(request_deserializer=deserializer)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(capture.service, guarded),)
+    )
+    server.add_registered_method_handlers(capture.service, guarded)
 
 
 def _bracket(host: str) -> str:
