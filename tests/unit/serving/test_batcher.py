@@ -94,7 +94,7 @@ def test_each_request_gets_its_own_rows_back_under_concurrency(executor) -> None
         sizes = [1 + (i % 4) for i in range(60)]
         futures = [b.submit(rows(float(i), n), n) for i, n in enumerate(sizes)]
         results = await asyncio.gather(*futures)
-        for i, (n, result) in enumerate(zip(sizes, results)):
+        for i, (n, result) in enumerate(zip(sizes, results, strict=True)):
             assert result.outputs[0].shape == (n, 3)
             np.testing.assert_array_equal(result.outputs[0], np.full((n, 3), 2.0 * i))
             assert result.batch_rows >= n
@@ -330,5 +330,29 @@ def test_on_batch_reports_rows_and_compute_time() -> None:
         await b.submit(rows(1, 3), 3)
         assert len(seen) == 1 and seen[0][0] == 3 and seen[0][1] >= 0
         await b.close()
+
+    asyncio.run(main())
+
+
+def test_fast_batches_run_on_the_event_loop_and_slow_ones_in_the_pool(executor) -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        loop_thread = threading.get_ident()
+        for cost, expected in ((0.0, [False, True, True, True]), (0.001, [False] * 4)):
+            on_loop: list[bool] = []
+
+            def run(
+                feeds: dict[str, np.ndarray], cost: float = cost, on_loop: list[bool] = on_loop
+            ) -> list[np.ndarray]:
+                on_loop.append(threading.get_ident() == loop_thread)
+                clock.t += cost  # simulated compute time on the injected clock
+                return [feeds["x"]]
+
+            b = DynamicBatcher(run, max_batch_size=4, executor=executor, clock=clock,
+                               inline_below=100e-6)  # fmt: skip
+            for i in range(4):
+                await b.submit(rows(i), 1)
+            assert on_loop == expected, cost
+            await b.close()
 
     asyncio.run(main())
