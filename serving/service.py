@@ -6,7 +6,9 @@ Transport-agnostic: takes an ``InferRequest`` and returns an
 
 from __future__ import annotations
 
+import asyncio
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,7 +20,23 @@ from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 _now = time.perf_counter
 
 
+@dataclass(slots=True)
+class Pending:
+    """A request that passed validation and waits in its model's batcher."""
+
+    loaded: LoadedVersion
+    request: InferRequest
+    rows: int
+    started: float
+    prep: float
+    future: asyncio.Future[BatchResult]
+
+
 class InferenceService:
+    """``infer`` for callers that await; ``begin``/``finish`` for callers that
+    prefer a callback on the batcher's future (the stream handler), so a
+    request costs no task of its own."""
+
     def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
         self.manager = manager
         self.metrics = metrics
@@ -28,35 +46,53 @@ class InferenceService:
     ) -> InferResponse:
         """``started`` is when the transport received the request (perf_counter
         seconds); ``deadline`` the perf_counter time after which it is dropped."""
+        pending = self.begin(request, started, deadline)
+        try:
+            await pending.future
+        except BaseException:
+            self.finish(pending)
+            raise
+        return self.finish(pending)
+
+    def begin(
+        self, request: InferRequest, started: float, deadline: float | None = None
+    ) -> Pending:
+        """Look up, validate and queue; raises ServingError for a bad request."""
         loaded = self.manager.get(request.model_name, request.model_version)
         signature = loaded.signature
         if request.outputs:
             signature.check_outputs(request.outputs)
         feeds, rows = signature.validate(request.inputs)
-        prep = _now() - started
+        future = loaded.batcher.submit(feeds, rows, deadline)
+        if loaded.metrics is not None:
+            loaded.metrics.inflight.inc()
+        return Pending(loaded, request, rows, started, _now() - started, future)
+
+    def finish(self, pending: Pending) -> InferResponse:
+        """The response of a request whose future is done (raises its error)."""
+        loaded = pending.loaded
         m = loaded.metrics
         if m is not None:
-            m.inflight.inc()
-        try:
-            result = await loaded.batcher.submit(feeds, rows, deadline)
-        except BaseException:
-            loaded.stats.record_failure(_now() - started)
-            raise
-        finally:
-            if m is not None:
-                m.inflight.dec()
+            m.inflight.dec()
+        future = pending.future
+        if future.cancelled() or future.exception() is not None:
+            loaded.stats.record_failure(_now() - pending.started)
+            future.result()  # raises the ServingError (or CancelledError)
+        result = future.result()
         post_start = _now()
-        outputs = self._outputs(loaded, request.outputs, result)
+        outputs = self._outputs(loaded, pending.request.outputs, result)
         done = _now()
-        total = done - started
+        total = done - pending.started
         loaded.stats.record_success(
-            rows, total, prep, result.queue_seconds, result.compute_seconds, done - post_start
-        )
+            pending.rows, total, pending.prep, result.queue_seconds, result.compute_seconds,
+            done - post_start,
+        )  # fmt: skip
         if m is not None:
             m.request.observe(total)
             m.queue.observe(result.queue_seconds)
             m.compute.observe(result.compute_seconds)
             m.ok.inc()
+        request = pending.request
         return InferResponse(request.model_name, loaded.version_str, outputs, request.id)
 
     @staticmethod

@@ -19,7 +19,7 @@ from serving.grpc_api import codec
 from serving.grpc_api.status import status_of
 from serving.manager import ModelManager
 from serving.repository import datatype_of
-from serving.service import InferenceService
+from serving.service import InferenceService, Pending
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter
@@ -193,46 +193,63 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Bidirectional stream: requests run concurrently, answers go back as
         they finish; a failed request is answered with ``error_message`` and the
-        stream stays open."""
+        stream stays open. Each request is validated and queued as it is read,
+        and answered from a callback on its batcher future: no task per request."""
         out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
+        service = self.service
+        in_flight = 0
+        reading = True
 
-        async def one(request: pb.ModelInferRequest) -> None:
-            started = _now()
-            try:
-                response = await self.service.infer(codec.decode_request(request), started)
-                out.put_nowait(pb.ModelStreamInferResponse(
-                    infer_response=codec.encode_response(response)))  # fmt: skip
-            except ServingError as exc:
+        def answer(item: pb.ModelStreamInferResponse | None) -> None:
+            nonlocal in_flight
+            in_flight -= 1
+            if item is not None:
+                out.put_nowait(item)
+            if not reading and in_flight == 0:
+                out.put_nowait(None)  # every request answered: end the stream
+
+        def fail(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+            if isinstance(exc, ServingError):
                 self._count_failure(request, status_of(exc))
-                out.put_nowait(_stream_error(request, exc.message))
-            except Exception:
-                logger.exception("ModelStreamInfer request failed")
-                self._count_failure(request, grpc.StatusCode.INTERNAL)
-                out.put_nowait(_stream_error(request, "internal error (see the server log)"))
+                return _stream_error(request, exc.message)
+            logger.error("ModelStreamInfer request failed", exc_info=exc)
+            self._count_failure(request, grpc.StatusCode.INTERNAL)
+            return _stream_error(request, "internal error (see the server log)")
+
+        def done(pending: Pending, request: pb.ModelInferRequest) -> None:
+            try:
+                response = codec.encode_response(service.finish(pending))
+            except asyncio.CancelledError:
+                answer(None)  # the stream is gone
+            except Exception as exc:
+                answer(fail(request, exc))
+            else:
+                answer(pb.ModelStreamInferResponse(infer_response=response))
 
         async def read() -> None:
+            nonlocal in_flight, reading
             try:
                 async for request in request_iterator:
-                    task = asyncio.ensure_future(one(request))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*tasks, return_exceptions=True)
+                    in_flight += 1
+                    try:
+                        pending = service.begin(codec.decode_request(request), _now())
+                    except Exception as exc:
+                        answer(fail(request, exc))
+                        continue
+                    pending.future.add_done_callback(
+                        lambda _, p=pending, r=request: done(p, r)  # type: ignore[misc]
+                    )
             finally:
-                out.put_nowait(None)
+                reading = False
+                if in_flight == 0:
+                    out.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
         try:
-            while True:
-                item = await out.get()
-                if item is None:
-                    break
+            while (item := await out.get()) is not None:
                 yield item
         finally:
             reader.cancel()
-            for task in list(tasks):
-                task.cancel()
 
     def _count_failure(self, request: pb.ModelInferRequest, code: grpc.StatusCode) -> None:
         if self.metrics.enabled:
