@@ -64,9 +64,10 @@ def config_text(
     dynamic_batching: bool = True,
     labels: bool = True,
     extra: str = "",
+    extra_dynamic: str = "",
 ) -> str:
     label = '\n    label_filename: "labels.txt"' if labels else ""
-    batching = "dynamic_batching { }\n" if dynamic_batching else ""
+    batching = f"dynamic_batching {{\n  {extra_dynamic}\n}}\n" if dynamic_batching else ""
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {max_batch_size}

@@ -1,7 +1,7 @@
 """Start a real ``dlserve serve`` process on 127.0.0.1 for tests.
 
-    with ServerProcess(repo) as server:
-        client = tritonclient.grpc.InferenceServerClient(server.url)
+with ServerProcess(repo) as server:
+    client = tritonclient.grpc.InferenceServerClient(server.url)
 """
 
 from __future__ import annotations
@@ -134,7 +134,9 @@ class ServerProcess:
                 self.log_path.unlink(missing_ok=True)
 
 
-def run_cli(*args: str, timeout: float = 120.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120.0, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``dlserve ARGS`` (as ``python -m dlserve``) and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "dlserve", *args],
