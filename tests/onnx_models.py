@@ -28,7 +28,7 @@ def mlp(
     sizes = [features, *hidden, classes]
     nodes, inits = [], []
     x = "input"
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         w = (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
         bias = (rng.standard_normal(b) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(bias, f"b{i}")]

@@ -24,8 +24,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = mlp(features=16, hidden=(64, 64), classes=5, seed=3)
     # A long queue delay and a preferred size make the server wait for
     # company, so 64 concurrent clients are batched however slow the machine.
-    write_model(root, "batched", model=model, max_batch_size=64,
-                extra_dynamic="preferred_batch_size: [ 32 ]\n  max_queue_delay_microseconds: 500000")  # fmt: skip
+    delay = "preferred_batch_size: [ 32 ]\n  max_queue_delay_microseconds: 500000"
+    write_model(root, "batched", model=model, max_batch_size=64, extra_dynamic=delay)
     write_model(root, "direct", model=model, max_batch_size=64, dynamic_batching=False)
     return root
 
