@@ -16,20 +16,61 @@ and matplotlib load when an experiment runs.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from dlserve.errors import CliError
+from training.experiments.report import ExperimentReport, prepare_out
 
-#: Experiment name -> (module in this package, title). Each module has
-#: `DATASETS` (the --dataset values it accepts) and `run(report, *, dataset,
-#: seed, quick)`, which adds its tables and figures to the report.
+#: The 2-D data sets (as in `training.datasets.DATASETS_2D`, repeated here so
+#: that a bad --dataset is refused before numpy and torch load).
+PLANE = ("linear", "circle", "xor", "gaussian", "spiral")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment: `module` (in this package) has `run(report, *, dataset,
+    seed, quick)`, which adds its tables and figures to the report."""
+
+    module: str
+    title: str
+    datasets: tuple[str, ...] = PLANE
+    datasets_why: str = ""
+
+
 EXPERIMENTS = {
-    "activations": ("activations", "Activation functions in one hidden layer"),
-    "perceptron-limits": ("perceptron_limits", "What a perceptron cannot learn"),
-    "optimizers": ("optimizers", "Optimizers and gradient-descent paths"),
-    "sensitivity": ("sensitivity", "Learning rate × batch size"),
+    "activations": Experiment("activations", "Activation functions in one hidden layer"),
+    "perceptron-limits": Experiment(
+        "perceptron_limits",
+        "What a perceptron cannot learn",
+        datasets=("xor", "circle", "spiral"),
+        datasets_why="it picks the data set no line separates; "
+        "a line (nearly) separates linear and gaussian",
+    ),
+    "optimizers": Experiment("optimizers", "Optimizers and gradient-descent paths"),
+    "sensitivity": Experiment("sensitivity", "Learning rate × batch size"),
 }
 NAMES = tuple(EXPERIMENTS)
+
+
+def check_dataset(name: str, dataset: str | None) -> None:
+    """Refuse a --dataset that experiment `name` cannot use, saying why."""
+    allowed = EXPERIMENTS[name].datasets
+    if dataset is None or dataset in allowed:
+        return
+    if dataset in PLANE:
+        why = EXPERIMENTS[name].datasets_why
+        raise CliError(
+            f"--dataset {dataset} does not fit experiment {name}"
+            + (f" ({why})" if why else "")
+            + f"; choose one of {', '.join(allowed)}"
+        )
+    if dataset == "digits":
+        raise CliError(
+            f"experiment {name} draws decision boundaries in the plane and needs a "
+            f"2-D data set; choose --dataset from {', '.join(allowed)}"
+        )
+    raise CliError(f"unknown --dataset {dataset!r}; choose one of {', '.join(allowed)}")
 
 
 def command_line(name: str, *, dataset: str | None, seed: int, quick: bool) -> str:
@@ -48,17 +89,16 @@ def run_experiment(name: str, *, dataset: str | None, seed: int, out: Path, quic
         raise CliError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)}")
     if seed < 0:
         raise CliError(f"--seed must be >= 0, got {seed}")
-    module_name, title = EXPERIMENTS[name]
-    # Heavy imports (torch, matplotlib) only now, after the cheap checks.
-    from training.experiments._common import check_dataset, torch_threads
-    from training.experiments.report import ExperimentReport, prepare_out
-
-    module = importlib.import_module(f"{__name__}.{module_name}")
-    check_dataset(name, dataset, module.DATASETS, getattr(module, "DATASETS_WHY", ""))
+    check_dataset(name, dataset)
     out = prepare_out(Path(out))
+    # Heavy imports (torch, matplotlib) only now, after the cheap checks.
+    from training.experiments._common import torch_threads
+
+    spec = EXPERIMENTS[name]
+    module = importlib.import_module(f"{__name__}.{spec.module}")
     report = ExperimentReport(
         name=name,
-        title=title,
+        title=spec.title,
         out=out,
         seed=seed,
         quick=quick,
@@ -73,4 +113,4 @@ def run_experiment(name: str, *, dataset: str | None, seed: int, out: Path, quic
     return 0
 
 
-__all__ = ["EXPERIMENTS", "NAMES", "run_experiment"]
+__all__ = ["EXPERIMENTS", "NAMES", "Experiment", "check_dataset", "run_experiment"]

@@ -1,5 +1,5 @@
-"""Pieces the four experiments share: data-set checks, the torch set-up, one
-MLP training run, and small helpers over a `History`."""
+"""Pieces the four experiments share: the torch set-up, one MLP training run,
+and small helpers over a `History`."""
 
 from __future__ import annotations
 
@@ -11,33 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dlserve.errors import CliError
 from training import datasets
 from training.engine import History, fit, seed_everything
 from training.models import MLP, with_normalization
 
 #: Validation accuracy that counts as "solved" in the tables.
 TARGET_ACC = 0.95
-
-
-def check_dataset(
-    experiment: str, dataset: str | None, allowed: Sequence[str], why: str = ""
-) -> None:
-    """Reject a --dataset the experiment cannot use; `why` explains the choice."""
-    if dataset is None or dataset in allowed:
-        return
-    if dataset == "digits":
-        raise CliError(
-            f"experiment {experiment} draws decision boundaries in the plane and needs a "
-            f"2-D data set; choose --dataset from {', '.join(allowed)}"
-        )
-    if dataset in datasets.DATASETS_2D:
-        raise CliError(
-            f"--dataset {dataset} does not fit experiment {experiment}"
-            + (f" ({why})" if why else "")
-            + f"; choose one of {', '.join(allowed)}"
-        )
-    raise CliError(f"unknown --dataset {dataset!r}; choose one of {', '.join(allowed)}")
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from training.experiments._common import (
 from training.experiments.report import ExperimentReport
 from training.models import ACTIVATIONS
 
-DATASETS = datasets.DATASETS_2D
 DEFAULT_DATASETS = ("circle", "xor", "spiral")
 FIGURE = "activations.png"
 

@@ -21,7 +21,6 @@ from training.experiments import gd_paths, plots
 from training.experiments._common import TARGET_ACC, epochs_to, finite, rounded, train_mlp
 from training.experiments.report import ExperimentReport
 
-DATASETS = datasets.DATASETS_2D
 DEFAULT_DATASET = "spiral"
 FIGURE_MLP = "optimizers.png"
 FIGURE_1D = "gd-1d.png"

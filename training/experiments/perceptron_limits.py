@@ -20,12 +20,8 @@ from training.experiments._common import TARGET_ACC, epochs_to, rounded, train_m
 from training.experiments.report import ExperimentReport
 from training.models import PerceptronResult, train_perceptron
 
-#: The data set that is not linearly separable (replaces XOR via --dataset).
-#: linear and gaussian are (nearly) separable by a line, so they show nothing.
-DATASETS = ("xor", "circle", "spiral")
-DATASETS_WHY = (
-    "it picks the data set no line separates; a line (nearly) separates linear and gaussian"
-)
+#: --dataset replaces XOR as the set no line separates (see `EXPERIMENTS`).
+DEFAULT_HARD = "xor"
 SEPARABLE = "linear"
 FIGURE = "perceptron-limits.png"
 
@@ -45,7 +41,9 @@ QUICK = Settings(samples=400, pla_epochs=50, hidden=32, epochs=200)
 FULL = Settings(samples=1000, pla_epochs=100, hidden=64, epochs=500)
 
 
-def _pla_proba(result: PerceptronResult):  # type: ignore[no-untyped-def]
+def _pla_proba(result: PerceptronResult) -> plots.PredictProba:
+    """P(class 1) = sigmoid(w·x + b), for shading; the boundary is w·x + b = 0."""
+
     def proba(X: np.ndarray) -> np.ndarray:
         score = np.clip(np.asarray(X, dtype=np.float64) @ result.weight + result.bias, -50, 50)
         p1 = 1.0 / (1.0 + np.exp(-score))
@@ -60,7 +58,7 @@ def _accuracy(result: PerceptronResult, X: np.ndarray, y: np.ndarray) -> float:
 
 def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool) -> None:
     cfg = QUICK if quick else FULL
-    hard = dataset or "xor"
+    hard = dataset or DEFAULT_HARD
     splits = {
         name: datasets.load(name, n_samples=cfg.samples, seed=seed) for name in (SEPARABLE, hard)
     }

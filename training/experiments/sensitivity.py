@@ -19,7 +19,6 @@ from training.experiments import plots
 from training.experiments._common import finite, rounded, train_mlp
 from training.experiments.report import ExperimentReport
 
-DATASETS = datasets.DATASETS_2D
 DEFAULT_DATASET = "circle"
 FIGURE = "sensitivity.png"
 FULL_BATCH = None  # batch size None = the whole training set
