@@ -68,11 +68,13 @@ class Metrics:
             "dlserve_inflight_requests",
             "Inference requests received and not yet answered.",
             ["model"], registry=r,
+            multiprocess_mode="livesum",  # --workers N: the sum over live workers
         )  # fmt: skip
         self.model_ready = Gauge(
             "dlserve_model_ready",
             "1 when the model version is loaded and serving, else 0.",
             ["model", "version", "provider"], registry=r,
+            multiprocess_mode="livemin",  # --workers N: ready only if every worker is
         )  # fmt: skip
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
