@@ -125,8 +125,19 @@ FIELD_VALUES = {
 names = st.one_of(
     st.sampled_from(["mlp"] * 6 + ["fixed"] * 3 + ["broken", "nope", "", "MLP", " mlp"]),
     st.sampled_from(
-        ["../mlp", "/etc/passwd", "mlp\0", "mlp/../mlp", ".", "..", "x" * 300, "mlp/1",
-         "\\mlp", "~", "%2e%2e"]
+        [
+            "../mlp",
+            "/etc/passwd",
+            "mlp\0",
+            "mlp/../mlp",
+            ".",
+            "..",
+            "x" * 300,
+            "mlp/1",
+            "\\mlp",
+            "~",
+            "%2e%2e",
+        ]
     ),  # fmt: skip
     st.text(max_size=12),
 )
@@ -265,7 +276,9 @@ def valid_requests(draw: st.DrawFn) -> tuple[pb.ModelInferRequest, np.ndarray, l
         dtype=np.float32,
     ).reshape(rows, 2)
     request = pb.ModelInferRequest(
-        model_name=model, model_version=draw(st.sampled_from(["", "1"])), id=draw(st.text(max_size=8))
+        model_name=model,
+        model_version=draw(st.sampled_from(["", "1"])),
+        id=draw(st.text(max_size=8)),
     )
     tensor = request.inputs.add(name="input", datatype="FP32", shape=[rows, 2])
     if draw(st.booleans()):
@@ -273,7 +286,9 @@ def valid_requests(draw: st.DrawFn) -> tuple[pb.ModelInferRequest, np.ndarray, l
     else:
         tensor.contents.fp32_contents.extend(x.reshape(-1).tolist())
     asked: list[Any] = []
-    outputs = draw(st.sampled_from([[], ["logits"], ["probabilities"], ["probabilities", "logits"]]))
+    outputs = draw(
+        st.sampled_from([[], ["logits"], ["probabilities"], ["probabilities", "logits"]])
+    )
     for name in outputs:
         out = request.outputs.add(name=name)
         k = draw(st.sampled_from([0, 0, 1, 2, MLP_CLASSES, 10])) if model == "mlp" else 0
