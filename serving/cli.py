@@ -44,6 +44,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--max-message-bytes", type=int, metavar="N", help="default 16 MiB")
     p.add_argument("--max-queue-size", type=int, metavar="N", help="queued requests per model")
+    p.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="server processes sharing the gRPC port (SO_REUSEPORT); default 1",
+    )  # fmt: skip
     p.add_argument("--inference-threads", type=int, metavar="N", help="onnxruntime threads")
     p.add_argument("--intra-op-threads", type=int, metavar="N")
     p.add_argument("--inter-op-threads", type=int, metavar="N")
@@ -122,6 +126,12 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    if args.workers < 1:
+        raise CliError("--workers must be >= 1")
+    if args.workers > 1:
+        from serving.workers import run_workers
+
+        return run_workers(settings, args.load_model, args.workers)
     try:
         import uvloop
 

@@ -51,9 +51,18 @@ def _read(path: object, what: str) -> bytes:
 
 
 class Server:
-    def __init__(self, settings: ServingSettings, load_models: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        load_models: list[str] | None = None,
+        *,
+        worker: bool = False,
+    ) -> None:
+        """``worker``: one of ``--workers N`` processes sharing the gRPC port
+        (SO_REUSEPORT); the supervisor serves the metrics HTTP endpoint."""
         self.settings = settings
         self.load_models = load_models or []
+        self.worker = worker
         self.metrics = Metrics(enabled=settings.metrics_enabled)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="onnxruntime"
@@ -89,7 +98,7 @@ class Server:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if self.worker else 0),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
@@ -111,14 +120,18 @@ class Server:
         if not port:
             raise StartupError(f"cannot listen for gRPC on {address} (port in use?)")
         try:
-            self._http = MetricsHttpServer(make_app(self.metrics.registry), s.host, s.metrics_port)
+            if not self.worker:
+                self._http = MetricsHttpServer(
+                    make_app(self.metrics.registry), s.host, s.metrics_port
+                )
         except OSError as exc:
             raise StartupError(
                 f"cannot listen for metrics on {s.host}:{s.metrics_port}: {exc.strerror}"
             ) from exc
         await server.start()
         self._grpc = server
-        self._http.start()
+        if self._http is not None:
+            self._http.start()
         self.servicer.ready = True
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -126,12 +139,13 @@ class Server:
         failed = sorted(
             name for name, entry in self.manager.models.items() if not entry.ready_versions()
         )
+        metrics_port = self._http.port if self._http is not None else s.metrics_port
         logger.info(
             "dlserve serving %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
-            len(ready), ready, f"{s.host}:{port}", s.host, self._http.port,
+            len(ready), ready, f"{s.host}:{port}", s.host, metrics_port,
             f"; NOT ready: {failed}" if failed else "",
         )  # fmt: skip
-        return RunningServer(port, self._http.port)
+        return RunningServer(port, metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -283,17 +297,25 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-async def serve(settings: ServingSettings, load_models: list[str] | None = None) -> int:
+async def serve(
+    settings: ServingSettings,
+    load_models: list[str] | None = None,
+    *,
+    worker: bool = False,
+    on_started: Callable[[RunningServer], None] | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT, then drain and return 0."""
-    server = Server(settings, load_models)
+    server = Server(settings, load_models, worker=worker)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
     try:
-        await server.start()
+        running = await server.start()
     except BaseException:
         server.executor.shutdown(wait=False, cancel_futures=True)
         raise
+    if on_started is not None:
+        on_started(running)
     await server.wait()
     await server.stop()
     return 0
