@@ -224,6 +224,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    from training.repository import RepositoryError, check_repository_writable, preflight
+
+    if not args.dry_run:  # fail before the slow part (importing torch, training)
+        try:
+            preflight(Path(args.repository), cfg.name)
+            check_repository_writable(Path(args.runs_dir), cfg.name)
+        except RepositoryError as exc:
+            raise CliError(str(exc)) from None
     try:
         import torch  # noqa: F401
     except ImportError:

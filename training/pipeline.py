@@ -21,12 +21,7 @@ from torch import nn
 
 from training import datasets, engine, report
 from training.config import TrainConfig
-from training.export import (
-    PARITY_TOLERANCE,
-    ExportResult,
-    check_repository_writable,
-    export_to_repository,
-)
+from training.export import PARITY_TOLERANCE, ExportResult, export_to_repository
 from training.models import (
     MLP,
     DigitsCNN,
@@ -36,6 +31,7 @@ from training.models import (
     train_perceptron,
     with_normalization,
 )
+from training.repository import check_repository_writable, preflight
 
 __all__ = ["TrainOutcome", "build_model", "run"]
 
@@ -95,7 +91,7 @@ def run(
     """
     cfg.validate()
     if not dry_run:
-        check_repository_writable(repository, cfg.name)
+        preflight(repository, cfg.name)
         check_repository_writable(runs_dir, cfg.name)
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
