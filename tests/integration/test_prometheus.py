@@ -1,0 +1,185 @@
+"""A real Prometheus (Debian's `prometheus`) scrapes a real dlserve under load,
+with deploy/prometheus' config and rule files; every PromQL expression the
+deploy/ directory ships -- dashboard panels, recording rules, alert signals
+(tests/deploy/promql.py) -- returns a non-empty result through the HTTP API,
+and Prometheus itself evaluates every rule without error."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.deploy import promql
+from tests.integration.loadgen import Load
+from tests.onnx_models import mlp, write_model
+from tests.serverproc import ServerProcess
+from tests.support import free_port, require_binary
+
+#: Upper bound on waiting for series and rule evaluations; a healthy run
+#: needs a few scrapes (about 5 s at the 1 s interval).
+SETTLE_TIMEOUT = 60.0
+
+
+class Prometheus:
+    def __init__(self, binary: str, workdir: Path, targets: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = workdir / "prometheus.yml"
+        config.write_text(yaml.safe_dump(promql.prometheus_config(targets)))
+        self.log = workdir / "prometheus.log"
+        self._log = self.log.open("w")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+                "--log.level=warn",
+            ],
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def get(self, path: str, **params: str) -> Any:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        reply = self.get("/api/v1/query", query=expr)
+        assert reply["status"] == "success", reply
+        assert reply["data"]["resultType"] == "vector", (expr, reply["data"]["resultType"])
+        return list(reply["data"]["result"])
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"prometheus not ready:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def wait_until(check: Any, timeout: float = SETTLE_TIMEOUT, interval: float = 1.0) -> Any:
+    """Call ``check()`` until it returns a falsy "still missing" value."""
+    deadline = time.monotonic() + timeout
+    missing = check()
+    while missing and time.monotonic() < deadline:
+        time.sleep(interval)
+        missing = check()
+    return missing
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "mlp-circle", model=mlp(features=2, hidden=(8,) * 6, classes=2))
+    write_model(repo, "digits", model=mlp(features=64, hidden=(32,), classes=10, seed=1))
+    with ServerProcess(repo) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    binary = require_binary("prometheus")
+    target = f"127.0.0.1:{server.metrics_port}"
+    prom = Prometheus(binary, tmp_path_factory.mktemp("prometheus"), [target])
+    try:
+        prom.wait_ready()
+        with Load(server.url, {"mlp-circle": 2, "digits": 64}, threads=1, bad_every=8):
+            # Series and rules need a few scrapes under load before rate()
+            # has two samples in every window.
+            missing = wait_until(
+                lambda: [e.name for e in promql.all_exprs() if not prom.query(e.expr)]
+            )
+            assert not missing, f"still empty after {SETTLE_TIMEOUT:.0f}s: {missing}"
+            yield prom
+    finally:
+        prom.stop()
+
+
+def test_the_deploy_directory_ships_expressions() -> None:
+    sources = [e.source for e in promql.all_exprs()]
+    counts = {s: sources.count(s) for s in ("dashboard", "recording", "alert")}
+    assert all(counts.values()), counts
+
+
+def test_scrape_target_is_up(prometheus: Prometheus, server: ServerProcess) -> None:
+    (target,) = prometheus.get("/api/v1/targets")["data"]["activeTargets"]
+    assert target["health"] == "up", target
+    assert target["labels"]["job"] == promql.SCRAPE_JOB
+    assert target["scrapeUrl"] == f"{server.metrics_url}/metrics"
+
+
+@pytest.mark.parametrize("expr", promql.all_exprs(), ids=lambda e: f"{e.source}:{e.name}")
+def test_expression_returns_data(prometheus: Prometheus, expr: promql.Expr) -> None:
+    result = prometheus.query(expr.expr)
+    assert result, f"{expr.source} {expr.name}: empty result for {expr.expr}"
+    for series in result:
+        float(series["value"][1])  # a number (NaN allowed: a quiet window)
+
+
+def test_traffic_figures_are_real_numbers(prometheus: Prometheus) -> None:
+    """Beyond non-empty: the load shows as throughput, latency and errors."""
+    throughput = {s["metric"]["model"]: float(s["value"][1]) for s in prometheus.query(
+        'sum by (model) (rate(dlserve_requests_total{code="OK"}[1m]))')}  # fmt: skip
+    assert throughput.keys() == {"mlp-circle", "digits"} and min(throughput.values()) > 0
+    p99 = prometheus.query(
+        "histogram_quantile(0.99, sum by (le, model) (rate(dlserve_request_duration_seconds_bucket[1m])))"  # noqa: E501
+    )
+    assert {s["metric"]["model"] for s in p99} == {"mlp-circle", "digits"}
+    assert all(0 < float(s["value"][1]) < 10 and math.isfinite(float(s["value"][1])) for s in p99)
+    by_code = prometheus.query("sum by (code) (dlserve_requests_total)")
+    codes = {s["metric"]["code"] for s in by_code}
+    assert codes == {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
+    ready = prometheus.query('dlserve_model_ready{provider="CPUExecutionProvider"} == 1')
+    assert {s["metric"]["model"] for s in ready} == {"mlp-circle", "digits"}
+
+
+def test_prometheus_evaluates_every_rule_file(prometheus: Prometheus) -> None:
+    """The real rule files are loaded, every rule ran without error, and every
+    recording rule produced its series."""
+
+    def rules() -> list[dict[str, Any]]:
+        groups = prometheus.get("/api/v1/rules")["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+    expected = {e.name for e in promql.recording_rule_exprs() + promql.alert_rule_exprs()}
+    assert {r["name"] for r in rules()} == expected
+    not_ok = wait_until(
+        lambda: [
+            (r["name"], r["health"], r.get("lastError")) for r in rules() if r["health"] != "ok"
+        ]
+    )
+    assert not not_ok, not_ok
+    recorded = [e.name for e in promql.recording_rule_exprs()]
+    empty = wait_until(lambda: [name for name in recorded if not prometheus.query(name)])
+    assert not empty, f"recorded series missing: {empty}"
