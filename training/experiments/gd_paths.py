@@ -98,11 +98,11 @@ class Bowl:
         """L at every (w0[i,j], w1[i,j]); vectorised for contour plots."""
         W = np.stack([w0.ravel(), w1.ravel()])  # [2, m]
         r = self.X @ W - self.t[:, None]  # [n, m]
-        return (0.5 * np.mean(r * r, axis=0)).reshape(w0.shape)
+        return np.asarray(0.5 * np.mean(r * r, axis=0)).reshape(w0.shape)
 
     def grad(self, w: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
         X, t = (self.X, self.t) if idx is None else (self.X[idx], self.t[idx])
-        return X.T @ (X @ w - t) / len(t)
+        return np.asarray(X.T @ (X @ w - t) / len(t))
 
 
 def make_bowl(seed: int, n: int = 200) -> Bowl:

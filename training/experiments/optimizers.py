@@ -237,7 +237,7 @@ def _gd_2d(report: ExperimentReport, *, seed: int) -> None:
         )
         for method, batch, lr in METHODS_2D
     ]
-    fig, axes = plots.figure(15, 6.2, ncols=2, gridspec_kw={"width_ratios": [1.15, 1]})
+    fig, axes = plots.figure(15, 6.2, ncols=2, width_ratios=[1.15, 1])
     ax = axes[0, 0]
     all_w = np.concatenate([r.path for r in runs])
     lo = np.minimum(all_w.min(axis=0), w_star) - 0.4

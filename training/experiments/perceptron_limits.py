@@ -17,7 +17,7 @@ import numpy as np
 from training import datasets
 from training.experiments import plots
 from training.experiments._common import TARGET_ACC, epochs_to, rounded, train_mlp
-from training.experiments.report import ExperimentReport
+from training.experiments.report import Cell, ExperimentReport
 from training.models import PerceptronResult, train_perceptron
 
 #: --dataset replaces XOR as the set no line separates (see `EXPERIMENTS`).
@@ -117,7 +117,7 @@ def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool
     )
     size = plots.save(fig, report.out / FIGURE)
 
-    rows = []
+    rows: list[list[Cell]] = []
     for name, r in pla.items():
         s = splits[name]
         rows.append(
@@ -151,7 +151,7 @@ def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool
         f"epoch without a mistake; on {hard} no line separates the classes, so it keeps "
         f"making mistakes for all {cfg.pla_epochs} epochs. An MLP with one hidden layer of "
         f"{cfg.hidden} {cfg.activation} units ({cfg.optimizer}, lr {cfg.lr}, full batch, "
-        f"{cfg.epochs} epochs) separates {hard}. For the MLP, *converged* means validation "
+        f"{cfg.epochs} epochs) is trained on {hard}; for it, *converged* means validation "
         f"accuracy reached {TARGET_ACC:.0%}"
         + (f" (at epoch {reached})." if reached else " (it did not).")
     )

@@ -34,7 +34,11 @@ def series_color(index: int) -> str:
 
 
 def figure(
-    width_in: float, height_in: float, nrows: int = 1, ncols: int = 1, **kwargs: object
+    width_in: float,
+    height_in: float,
+    nrows: int = 1,
+    ncols: int = 1,
+    width_ratios: Sequence[float] | None = None,
 ) -> tuple[Figure, np.ndarray]:
     """A figure with constrained layout and a 2-D array of axes."""
     fig, axes = plt.subplots(
@@ -44,7 +48,7 @@ def figure(
         dpi=DPI,
         squeeze=False,
         layout="constrained",
-        **kwargs,  # type: ignore[arg-type]
+        width_ratios=width_ratios,
     )
     return fig, axes
 
