@@ -121,6 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(f"model repository {settings.model_repository} is not a folder")
     if args.load_model and settings.model_control_mode != "explicit":
         raise CliError("--load-model needs --model-control-mode explicit")
+    _check_ports(settings)
 
     from serving.grpc_api.server import StartupError, serve
     from serving.log import configure_logging
@@ -142,6 +143,53 @@ def run_serve(args: argparse.Namespace) -> int:
         return int(runner(serve(settings, args.load_model)))
     except StartupError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _check_ports(settings: Any) -> None:
+    """Fail fast, in one line, when a port is taken: before the models load
+    (a large repository can take minutes) and before gRPC core logs its own
+    multi-line bind error. The server still reports a bind that fails later."""
+    if settings.grpc_port and settings.grpc_port == settings.metrics_port:
+        raise CliError(f"--grpc-port and --metrics-port are both {settings.grpc_port}")
+    for flag, port in (
+        ("--grpc-port", settings.grpc_port),
+        ("--metrics-port", settings.metrics_port),
+    ):
+        if port:
+            _check_port(settings.host, port, flag)
+
+
+def _check_port(host: str, port: int, flag: str) -> None:
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CliError(f"--host {host}: {exc.strerror}") from exc
+    for family, kind, proto, _, address in addresses:
+        try:
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # e.g. no IPv6 here: the server reports what it cannot bind
+        with probe:
+            # As the servers do: a port left in TIME_WAIT is free to take.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CliError(
+                        f"{flag} {port}: the port is already in use on {host} (another "
+                        f"server running?); stop it or choose another {flag}"
+                    ) from exc
+                if exc.errno == errno.EACCES:
+                    raise CliError(
+                        f"{flag} {port}: permission denied on {host} (ports below 1024 "
+                        "need privileges)"
+                    ) from exc
 
 
 def run_predict(args: argparse.Namespace) -> int:
