@@ -1,0 +1,217 @@
+"""Backpressure and limits against a real ``dlserve serve``: a bounded queue
+per model version that refuses fast with UNAVAILABLE, per-request deadlines
+that drop a queued request before it runs, and ``--max-message-bytes``.
+
+A deliberately slow ONNX model (``slow_mlp``: an MLP plus a chain of matrix
+products that adds exactly zero) keeps the single inference thread busy, so
+requests really wait in the queue. No assertion depends on how long it
+takes: only on the order of events.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from serving._generated import grpc_service_pb2 as pb
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.onnx_models import mlp, write_model
+from tests.serverproc import ServerProcess, wait_for
+
+FLAG_QUEUE = 2  # --max-queue-size
+CONFIG_QUEUE = 1  # default_queue_policy.max_queue_size of model "slow-config-queue"
+
+
+def slow_mlp(seed: int = 0, matmuls: int = 80, n: int = 512) -> onnx.ModelProto:
+    """``mlp(seed=seed)`` with the same outputs, bit for bit, but slow: the
+    logits get ``0 * sum(M^(matmuls+1))`` added, where M (n x n) depends on
+    the input so onnxruntime cannot fold it away at load time."""
+    model = mlp(seed=seed)
+    graph = model.graph
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "logits":
+                node.output[i] = "fast_logits"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([n, n], np.int64), "slow_shape"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
+        ]
+    )
+    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0 / n])
+    nodes = [
+        helper.make_node("ReduceSum", ["input"], ["slow_sum"], keepdims=0),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_z"]),
+        helper.make_node("ConstantOfShape", ["slow_shape"], ["slow_fill"], value=fill),
+        helper.make_node("Add", ["slow_z", "slow_fill"], ["slow_m0"]),
+    ]
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", "slow_m0"], [f"slow_m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_m{matmuls}"], ["slow_total"], keepdims=0),
+        helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
+        helper.make_node("Add", ["fast_logits", "slow_nothing"], ["logits"]),
+    ]
+    at = next(i for i, node in enumerate(graph.node) if node.op_type == "Softmax")
+    ordered = [*graph.node[:at], *nodes, *graph.node[at:]]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.checker.check_model(model)
+    return model
+
+
+def request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:
+    r = pb.ModelInferRequest(model_name=model, model_version=version)
+    r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+    r.raw_input_contents.append(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return r
+
+
+def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    return {
+        out.name: np.frombuffer(raw, dtype=np.float32).reshape(list(out.shape))
+        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+
+
+def expected(seed: int, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What the fast twin of ``slow_mlp(seed)`` answers, run in-process."""
+    session = ort.InferenceSession(
+        mlp(seed=seed).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    logits, probabilities = session.run(["logits", "probabilities"], {"input": x})
+    return {"logits": logits, "probabilities": probabilities}
+
+
+def inflight(server: ServerProcess, model: str) -> float:
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10).read().decode()
+    match = re.search(
+        rf'^dlserve_inflight_requests{{model="{re.escape(model)}"}} (\S+)$', text, re.M
+    )
+    return float(match.group(1)) if match else 0.0
+
+
+# --- the server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("limits-repo")
+    # No dynamic_batching: every request runs on its own, one after another.
+    write_model(repo, "slow", model=slow_mlp(seed=1), dynamic_batching=False)
+    write_model(
+        repo, "slow-config-queue", model=slow_mlp(seed=2),
+        extra=f"dynamic_batching {{ default_queue_policy {{ max_queue_size: {CONFIG_QUEUE} }} }}\n",
+        dynamic_batching=False,
+    )  # fmt: skip
+    # ~1 s a request even on an idle machine: the deadline test's long request.
+    write_model(repo, "slower", model=slow_mlp(seed=4, matmuls=300), dynamic_batching=False)
+    write_model(repo, "fast", model=mlp(seed=3))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(
+        repo, "--inference-threads", "1", "--max-queue-size", str(FLAG_QUEUE),
+        "--max-message-bytes", str(64 * 1024),
+    ) as proc:  # fmt: skip
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+    with grpc.insecure_channel(server.url) as channel:
+        yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+def statistics(stub: pb_grpc.GRPCInferenceServiceStub, model: str) -> pb.ModelStatistics:
+    reply = stub.ModelStatistics(pb.ModelStatisticsRequest(name=model), timeout=30)
+    (stats,) = reply.model_stats
+    return stats
+
+
+# --- tests --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "seed", "limit"), [("slow", 1, FLAG_QUEUE), ("slow-config-queue", 2, CONFIG_QUEUE)]
+)
+def test_full_queue_refuses_with_unavailable(
+    stub: pb_grpc.GRPCInferenceServiceStub, model: str, seed: int, limit: int
+) -> None:
+    """A burst far over the queue bound: the overflow is refused at once with
+    UNAVAILABLE naming the bound; every accepted request is answered right."""
+    x = np.random.default_rng(seed).uniform(-2, 2, (4, 2)).astype(np.float32)
+    want = expected(seed, x)
+    futures: list[Future[pb.ModelInferResponse]] = [
+        stub.ModelInfer.future(request(model, x), timeout=300) for _ in range(16)
+    ]
+    ok, refused = 0, []
+    for future in futures:
+        try:
+            got = outputs(future.result())
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+            refused.append(error.details())
+            continue
+        ok += 1
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert ok >= 1 and refused, (ok, refused)
+    # A request is refused only when the queue holds exactly its bound.
+    assert all(f"has {limit} requests queued, its limit" in m for m in refused), refused
+    assert statistics(stub, model).inference_count == 4 * ok
+
+
+def test_expired_request_is_dropped_before_compute(
+    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    """A request whose deadline passes while it waits behind a long one is
+    never run: the model's execution count does not include it."""
+    model = "slower"
+    before = statistics(stub, model)
+    x = np.ones((2, 2), np.float32)
+    long = stub.ModelInfer.future(request(model, x), timeout=300)
+    assert wait_for(lambda: inflight(server, model) >= 1, timeout=60), "first request never arrived"
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request(model, x), timeout=0.05)  # queued behind the long one
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    np.testing.assert_array_equal(outputs(long.result())["logits"], expected(4, x)["logits"])
+    # One more after the long one: it runs, the expired one still does not.
+    stub.ModelInfer(request(model, x), timeout=300)
+    after = statistics(stub, model)
+    assert after.execution_count - before.execution_count == 2
+    assert after.inference_count - before.inference_count == 4
+
+
+def test_message_over_the_limit_is_resource_exhausted(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    small = np.zeros((2, 2), np.float32)
+    stub.ModelInfer(request("fast", small), timeout=30)
+    big = np.zeros((20_000, 2), np.float32)  # 160 kB > --max-message-bytes 64 KiB
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request("fast", big), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    # The server still answers afterwards.
+    assert outputs(stub.ModelInfer(request("fast", small), timeout=30))["logits"].shape == (2, 2)
+
+
+def test_queue_bound_frees_up(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
+    """After a burst is refused, the same model serves again once its queue
+    drains: refusal is load shedding, not a stuck state."""
+    x = np.zeros((1, 2), np.float32)
+    for _ in range(3):
+        got = outputs(stub.ModelInfer(request("slow", x), timeout=300))
+        np.testing.assert_array_equal(got["probabilities"], expected(1, x)["probabilities"])
