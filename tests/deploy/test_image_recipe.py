@@ -16,8 +16,9 @@ No Docker engine runs here, so this test does what `docker build` +
    listen address narrowed from 0.0.0.0 to 127.0.0.1 and free ports appended.
 4. The gRPC health service answers SERVING, the image's HEALTHCHECK command
    passes, tritonclient sees the server and every model ready and gets
-   probabilities back, `import torch` fails in that environment, and SIGTERM
-   ends the server with exit code 0.
+   probabilities back, the metrics port serves /metrics and the live page
+   with its static files, `import torch` fails in that environment, and
+   SIGTERM ends the server with exit code 0.
 
 pip downloads from the package index (the Dockerfile passes --no-cache-dir),
 so this test takes tens of seconds.
@@ -32,6 +33,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.deploy import dockerfiles as df
 from tests.deploy.promql import REPO
@@ -153,6 +157,14 @@ class Replay:
             check=False,
             timeout=120,
         )
+
+
+def http_get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return str(reply.read().decode())
+    except urllib.error.HTTPError as exc:
+        raise AssertionError(f"GET {url}: {exc.code} {exc.reason}") from exc
 
 
 def wait_serving(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
@@ -273,6 +285,21 @@ def test_cpu_image_recipe_serves_default_models_without_torch(
             assert np.isclose(probabilities.sum(), 1.0, atol=1e-4), (name, probabilities)
     finally:
         client.close()
+
+    # The metrics port: Prometheus text with the requests just made, and the
+    # live page with its own static files (package data of the installed wheel).
+    base = f"http://127.0.0.1:{metrics_port}"
+    ok = {
+        sample.labels["model"]: sample.value
+        for family in text_string_to_metric_families(http_get(f"{base}/metrics"))
+        for sample in family.samples
+        if sample.name == "dlserve_requests_total" and sample.labels.get("code") == "OK"
+    }
+    assert ok == {name: 1.0 for name in models}
+    page = http_get(f"{base}/")
+    assert "<html" in page.lower()
+    for asset in re.findall(r'(?:href|src)="(/static/[^"]+)"', page):
+        assert http_get(base + asset), asset
 
     # docker stop: SIGTERM, then the server drains and exits 0.
     proc.send_signal(signal.SIGTERM)
