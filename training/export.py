@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -149,6 +149,7 @@ def to_onnx(model: nn.Module, example: np.ndarray, opset: int = OPSET) -> bytes:
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, IR_VERSION) if proto.ir_version else IR_VERSION
     proto.producer_name = "dlserve"
+    _strip_debug_metadata(proto)
     data = proto.SerializeToString()
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
@@ -156,6 +157,16 @@ def to_onnx(model: nn.Module, example: np.ndarray, opset: int = OPSET) -> bytes:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {exc}") from exc
     _check_signature(data, tuple(x.shape[1:]))
     return data
+
+
+def _strip_debug_metadata(proto: Any) -> None:
+    """Drop the exporter's per-node debug metadata (Python stack traces with
+    absolute paths, FX node dumps): it is a third of a small model's bytes and
+    would make the file depend on where the checkout lives."""
+    graph = proto.graph
+    for item in (*graph.node, *graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        del item.metadata_props[:]
+        item.doc_string = ""
 
 
 def _session(onnx_bytes: bytes):  # type: ignore[no-untyped-def]
