@@ -33,6 +33,8 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values())))
+#: Datatypes whose typed contents field (int32/uint32) holds wider values.
+_NARROW_INTS = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 _MAX_RANK = 32
 
 _InferOutput = pb.ModelInferResponse.InferOutputTensor
@@ -65,6 +67,21 @@ def encode_bytes(array: np.ndarray) -> bytes:
         parts.append(struct.pack("<I", len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+def _narrow(values: Any, dtype: np.dtype[Any], name: str, datatype: str) -> np.ndarray:
+    """32-bit typed values as a narrower integer type; numpy would wrap an
+    out-of-range value silently (300 as UINT8 becomes 44)."""
+    wide = np.array(values, dtype=np.int64)
+    info = np.iinfo(dtype)
+    if wide.size:
+        low, high = int(wide.min()), int(wide.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise InvalidInput(
+                f"input '{name}': {datatype} values must be in {info.min}..{info.max}, got {bad}"
+            )
+    return wide.astype(dtype)
 
 
 def _parameter(param: pb.InferParameter) -> Any:
@@ -132,6 +149,8 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         if datatype == "BYTES":
             data = np.empty(len(values), dtype=np.object_)
             data[:] = list(values)
+        elif datatype in _NARROW_INTS:
+            data = _narrow(values, dtype, name, datatype)
         else:
             data = np.array(values, dtype=dtype)
         tensors.append(Tensor(name, datatype, shape, data, False))
