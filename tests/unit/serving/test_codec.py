@@ -123,6 +123,30 @@ def test_tritonclient_request_bytes_decode() -> None:
     assert decoded.outputs == (RequestedOutput("probabilities", 2),)
 
 
+@pytest.mark.parametrize(
+    ("datatype", "field", "value"),
+    [("UINT8", "uint_contents", 256), ("UINT16", "uint_contents", 70000),
+     ("INT8", "int_contents", 128), ("INT8", "int_contents", -129),
+     ("INT16", "int_contents", -40000)],
+)  # fmt: skip
+def test_typed_values_out_of_range_are_refused(datatype: str, field: str, value: int) -> None:
+    """int_contents/uint_contents carry 32-bit values; a narrower datatype
+    must not wrap them silently (300 as UINT8 is not 44)."""
+    msg = _typed(datatype, field, [1, value])
+    with pytest.raises(InvalidInput) as info:
+        codec.decode_request(msg)
+    assert f"input 'input': {datatype} values must be in" in info.value.message
+    assert str(value) in info.value.message
+
+
+@pytest.mark.parametrize("datatype", ["UINT8", "UINT16", "INT8", "INT16"])
+def test_typed_values_at_the_limits_are_kept(datatype: str) -> None:
+    info = np.iinfo(DTYPE_BY_DATATYPE[datatype])
+    msg = _typed(datatype, codec.CONTENTS_FIELD[datatype], [int(info.min), int(info.max)])
+    (tensor,) = codec.decode_request(msg).inputs
+    assert tensor.data.tolist() == [info.min, info.max]
+
+
 # --- inputs: refused -----------------------------------------------------------------
 
 
