@@ -155,7 +155,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             data = np.array(values, dtype=dtype)
         tensors.append(Tensor(name, datatype, shape, data, False))
 
-    outputs = ()
+    outputs: tuple[RequestedOutput, ...] = ()
     if msg.outputs:
         requested = []
         for out in msg.outputs:
