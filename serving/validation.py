@@ -109,6 +109,11 @@ class ModelSignature:
             for d in shape:
                 count *= d
             if data.size != count:
+                if spec.datatype == "BYTES":  # elements of any length: count them
+                    raise InvalidInput(
+                        f"input '{tensor.name}' with shape {list(shape)} needs {count} BYTES "
+                        f"elements, got {data.size}"
+                    )
                 if tensor.from_raw:
                     item = DTYPE_BY_DATATYPE[spec.datatype].itemsize
                     raise InvalidInput(
