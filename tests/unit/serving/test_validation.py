@@ -135,6 +135,16 @@ def test_accepts_exactly_the_matching_requests(rows: int, inner: list[int], extr
             signature.validate([tensor])
 
 
+def test_raw_bytes_count_is_reported_in_elements() -> None:
+    """BYTES elements have no fixed size: a count mismatch speaks of
+    elements, not of 8-byte object pointers."""
+    signature = ModelSignature("text", 4, [TensorSpec("input", "BYTES", (2,))], OUTPUTS)
+    data = np.array([b"a", b"b", b"c"], dtype=np.object_)
+    with pytest.raises(InvalidInput) as info:
+        signature.validate([Tensor("input", "BYTES", (1, 2), data, True)])
+    assert "input 'input' with shape [1, 2] needs 2 BYTES elements, got 3" in info.value.message
+
+
 # --- requested outputs ------------------------------------------------------------
 
 
