@@ -69,6 +69,10 @@ def predict(args: argparse.Namespace) -> int:
                 names = [i.name for i in meta.inputs]
                 raise CliError(f"model has inputs {names}: give --data as an object by name")
             data = {meta.inputs[0].name: data}
+        unknown = sorted(set(data) - {i.name for i in meta.inputs})
+        if unknown:
+            names = [i.name for i in meta.inputs]
+            raise CliError(f"--data names input(s) {unknown} the model lacks; its inputs: {names}")
         request = pb.ModelInferRequest(model_name=args.model, model_version=args.version)
         for spec in meta.inputs:
             if spec.name not in data:
