@@ -179,11 +179,15 @@ def test_predict_on_a_model_without_labels_prints_outputs_only(server: ServerPro
         (["--model", "broken", "--data", "[[1, 2]]"], ["UNAVAILABLE", "broken"]),
         (["--model", "classifier", "--data", "[[1, 2, 3]]"], ["INVALID_ARGUMENT", "'input'"]),
         (["--model", "classifier", "--data", '[["a", "b"]]'], ["'input'", "FP32"]),
-        (["--model", "classifier", "--data", '{"x": [[1, 2]]}'], ["lacks input 'input'"]),
+        (["--model", "classifier", "--data", '{"x": [[1, 2]]}'], ["['x']", "inputs: ['input']"]),
+        (
+            ["--model", "classifier", "--data", '{"input": [[1, 2]], "mask": [1]}'],
+            ["'mask'", "['input']"],
+        ),
     ],
     ids=[
         "bad-json", "missing-file", "unknown-model", "unknown-version", "not-ready",
-        "wrong-shape", "not-numbers", "wrong-name",
+        "wrong-shape", "not-numbers", "wrong-name", "extra-input",
     ],
 )  # fmt: skip
 def test_predict_errors_are_one_line(
