@@ -11,11 +11,14 @@ message limit, another repository) start their own, one per module.
     counted        MLP 2 -> 2 classes, only the statistics test sends to it
     fixed          MLP on a fixed [3, 2] input, max_batch_size 0 (no batching)
     broken         a config.pbtxt next to a corrupt model.onnx
+
+``default_server`` serves the five default models committed under models/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -30,6 +33,10 @@ from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.onnx_models import config_text, mlp, write_model
 from tests.serverproc import ServerProcess
+
+#: The five default models committed to the repository (contract: presets).
+DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "models"
+DEFAULT_NAMES = ("digits-cnn", "mlp-circle", "mlp-spiral", "mlp-xor", "perceptron-linear")
 
 CLASSIFIER_LABELS = ("red", "green", "blue")
 CLASSIFIER_MAX_BATCH = 16
@@ -63,6 +70,15 @@ def server(model_repo: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
+def default_server() -> Iterator[ServerProcess]:
+    """A server on the committed default models (read only)."""
+    missing = [n for n in DEFAULT_NAMES if not (DEFAULT_MODELS / n / "config.pbtxt").is_file()]
+    assert not missing, f"default models missing from {DEFAULT_MODELS}: {missing}"
+    with ServerProcess(DEFAULT_MODELS) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="session")
 def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(server.url)
     yield c
@@ -85,9 +101,14 @@ def model_file(repo: Path, name: str, version: int = 1) -> Path:
 
 def reference(path: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     """Every output of the ONNX file, run in-process by onnxruntime."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _session(str(path))
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, {"input": x}), strict=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _session(path: str) -> ort.InferenceSession:
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
 
 
 def rows(n: int, features: int = 2, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.integration.conftest import CLASSIFIER_LABELS, model_file, reference
+from tests.integration.conftest import CLASSIFIER_LABELS, DEFAULT_MODELS, model_file, reference
 from tests.serverproc import ServerProcess, run_cli
 from tests.support import free_port
 
@@ -159,6 +159,26 @@ def test_predict_adds_the_batch_dimension_and_reads_a_file(
     want = reference(model_file(model_repo, "classifier"), np.array([[0.25, 0.5]], np.float32))
     (row,) = printed["top_classes"]
     assert [c["label"] for c in row] == [CLASSIFIER_LABELS[int(np.argmax(want["probabilities"]))]]
+
+
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [("mlp-xor", [[1.0, -1.0], [1.0, 1.0]]), ("digits-cnn", np.zeros((1, 8, 8)).tolist())],
+)
+def test_predict_on_default_models(
+    default_server: ServerProcess, model: str, data: list[object]
+) -> None:
+    result = predict(default_server.url, "--model", model, "--data", json.dumps(data))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    x = np.array(data, dtype=np.float32)
+    x = x[np.newaxis] if model == "digits-cnn" else x  # predict adds the batch dim
+    want = reference(DEFAULT_MODELS / model / "1" / "model.onnx", x)
+    np.testing.assert_allclose(printed["outputs"]["logits"]["data"], want["logits"], atol=1e-6)
+    labels = (DEFAULT_MODELS / model / "labels.txt").read_text().split()
+    for row, probabilities in zip(printed["top_classes"], want["probabilities"], strict=True):
+        assert row[0]["label"] == labels[int(np.argmax(probabilities))]
+        assert len(row) == min(3, len(labels))
 
 
 def test_predict_on_a_model_without_labels_prints_outputs_only(server: ServerProcess) -> None:

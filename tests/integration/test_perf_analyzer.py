@@ -112,9 +112,10 @@ def _check(result: subprocess.CompletedProcess[str], csv_path: Path) -> None:
 
 
 def test_perf_analyzer_concurrency_1_to_4(
-    perf_analyzer: tuple[str, dict[str, str]], server: ServerProcess, tmp_path: Path
+    perf_analyzer: tuple[str, dict[str, str]], default_server: ServerProcess, tmp_path: Path
 ) -> None:
-    result = _run(perf_analyzer, server.url, "classifier", tmp_path / "unary.csv")
+    """The default digits model: a [-1, 1, 8, 8] input built from ModelConfig."""
+    result = _run(perf_analyzer, default_server.url, "digits-cnn", tmp_path / "unary.csv")
     _check(result, tmp_path / "unary.csv")
     assert "Using synchronous calls for inference" in result.stdout
 

@@ -25,6 +25,8 @@ from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.conftest import (
     CLASSIFIER_LABELS,
     CLASSIFIER_MAX_BATCH,
+    DEFAULT_MODELS,
+    DEFAULT_NAMES,
     infer_input,
     model_file,
     reference,
@@ -466,3 +468,67 @@ def test_explicit_load_of_unknown_model_is_not_found(
         explicit.load_model("no-such-model")
     with rpc_error(grpc.StatusCode.NOT_FOUND, "../classifier"):
         explicit.load_model("../classifier")
+
+
+# --- the five default models (models/, committed) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def defaults(default_server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(default_server.url)
+    yield c
+    c.close()
+
+
+def _default_input(name: str, batch: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if name == "digits-cnn":  # 8x8 images, pixel values 0..16 as in scikit-learn's set
+        return rng.uniform(0, 16, (batch, 1, 8, 8)).astype(np.float32)
+    return rng.uniform(-1.5, 1.5, (batch, 2)).astype(np.float32)
+
+
+def test_default_models_are_ready_with_the_contract_signature(
+    defaults: triton.InferenceServerClient,
+) -> None:
+    index = {m.name: m.state for m in defaults.get_model_repository_index().models}
+    assert index == dict.fromkeys(DEFAULT_NAMES, "READY")
+    for name in DEFAULT_NAMES:
+        meta = defaults.get_model_metadata(name)
+        labels = (DEFAULT_MODELS / name / "labels.txt").read_text().split()
+        features = [-1, 1, 8, 8] if name == "digits-cnn" else [-1, 2]
+        assert [(i.name, i.datatype, list(i.shape)) for i in meta.inputs] == [
+            ("input", "FP32", features)
+        ]
+        assert [(o.name, o.datatype, list(o.shape)) for o in meta.outputs] == [
+            ("logits", "FP32", [-1, len(labels)]),
+            ("probabilities", "FP32", [-1, len(labels)]),
+        ]
+
+
+@pytest.mark.parametrize("name", DEFAULT_NAMES)
+def test_default_models_equal_onnxruntime(
+    defaults: triton.InferenceServerClient, name: str
+) -> None:
+    max_batch = defaults.get_model_config(name).config.max_batch_size
+    for batch in (1, 7, max_batch):
+        x = _default_input(name, batch, seed=batch)
+        result = defaults.infer(name, [infer_input(x)])
+        want = reference(DEFAULT_MODELS / name / "1" / "model.onnx", x)
+        for output, expected in want.items():
+            np.testing.assert_allclose(result.as_numpy(output), expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DEFAULT_NAMES)
+def test_default_models_classify_with_their_labels(
+    defaults: triton.InferenceServerClient, name: str
+) -> None:
+    labels = (DEFAULT_MODELS / name / "labels.txt").read_text().split()
+    x = _default_input(name, 3, seed=5)
+    result = defaults.infer(
+        name, [infer_input(x)], outputs=[triton.InferRequestedOutput("probabilities", 2)]
+    )
+    probabilities = reference(DEFAULT_MODELS / name / "1" / "model.onnx", x)["probabilities"]
+    for row, want in zip(result.as_numpy("probabilities"), probabilities, strict=True):
+        top = [int(entry.decode().split(":")[1]) for entry in row]
+        assert top == list(np.argsort(-want, kind="stable")[:2])
+        assert [entry.decode().split(":")[2] for entry in row] == [labels[i] for i in top]
