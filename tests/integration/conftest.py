@@ -10,6 +10,7 @@ message limit, another repository) start their own, one per module.
     autocomplete   MLP 2 -> 2 classes, no config.pbtxt (completed from the graph)
     counted        MLP 2 -> 2 classes, only the statistics test sends to it
     fixed          MLP on a fixed [3, 2] input, max_batch_size 0 (no batching)
+    delayed        MLP whose batcher waits up to 0.5 s for a batch of 8
     broken         a config.pbtxt next to a corrupt model.onnx
 
 ``default_server`` serves the five default models committed under models/.
@@ -53,6 +54,10 @@ def build_repo(repo: Path) -> Path:
         "dims: [ 2 ]", "dims: [ 3, 2 ]"
     )
     write_model(repo, "fixed", model=mlp(seed=4, batch=3), config=fixed)
+    delayed = config_text("delayed", max_batch_size=8, dynamic_batching=False) + (
+        "dynamic_batching { preferred_batch_size: [ 8 ] max_queue_delay_microseconds: 500000 }\n"
+    )
+    write_model(repo, "delayed", model=mlp(seed=6), config=delayed)
     broken = write_model(repo, "broken", model=mlp(seed=5))
     (broken / "1" / "model.onnx").write_bytes(b"this is not an ONNX protobuf")
     return repo
