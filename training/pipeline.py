@@ -6,11 +6,14 @@ returns a `TrainOutcome`; the CLI and `training.presets` are thin layers on it.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import platform
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +34,7 @@ from training.models import (
     train_perceptron,
     with_normalization,
 )
-from training.repository import check_repository_writable, preflight
+from training.repository import TMP_PREFIX, check_repository_writable, preflight
 
 __all__ = ["TrainOutcome", "build_model", "run"]
 
@@ -211,28 +214,52 @@ def run(
             f"{result.parity.argmax_agreement}/{result.parity.samples}"
         )
 
-        report_dir = runs_dir / cfg.name / f"v{result.version}"
-        if report_dir.exists():  # left over from a repository that was wiped since
-            shutil.rmtree(report_dir)
-        report_dir.mkdir(parents=True)
+        # The report is built in a temp folder and renamed into place, like a version.
+        (runs_dir / cfg.name).mkdir(parents=True, exist_ok=True)
+        building = runs_dir / cfg.name / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        building.mkdir()
+        try:
+            plots = _plots(outcome, history, pla, building)
+            t_report = time.perf_counter()
+            metrics["durations_s"] = {
+                "data": t_data - t0,
+                "train": t_train - t_data,
+                "export_and_parity": t_export - t_train,
+                "report": t_report - t_export,
+                "total": t_report - t0,
+            }
+            metrics["environment"] = _environment()
+            report.write_metrics(building / "metrics.json", metrics)
+            report_dir = _claim_report_dir(building, runs_dir / cfg.name, result.version)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
         outcome.report_dir = report_dir
-        outcome.plots = _plots(outcome, history, pla, report_dir)
-        t_report = time.perf_counter()
-        metrics["durations_s"] = {
-            "data": t_data - t0,
-            "train": t_train - t_data,
-            "export_and_parity": t_export - t_train,
-            "report": t_report - t_export,
-            "total": t_report - t0,
-        }
-        metrics["environment"] = _environment()
-        report.write_metrics(report_dir / "metrics.json", metrics)
+        outcome.plots = [report_dir / p.name for p in plots]
         log(
             f"report {report_dir}/ (metrics.json, " + ", ".join(p.name for p in outcome.plots) + ")"
         )
         return outcome
     finally:
         torch.set_num_threads(threads_before)
+
+
+def _claim_report_dir(building: Path, parent: Path, version: int) -> Path:
+    """Rename ``building`` to ``parent/v<version>``; if a report of that name exists
+    (from another repository sharing this runs folder, or one wiped since), it is
+    kept and this one becomes ``v<version>-2``, ``-3``, ..."""
+    for k in range(1, 1000):
+        target = parent / (f"v{version}" if k == 1 else f"v{version}-{k}")
+        if target.exists():
+            continue
+        try:
+            os.rename(building, target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                continue  # another run took it a moment ago
+            raise
+        return target
+    raise OSError(f"no free report folder name for v{version} in {parent}")
 
 
 def _training_summary(history: engine.History | None, pla: PerceptronResult | None) -> str:
