@@ -129,3 +129,26 @@ def test_presets_fresh_replaces_the_model_folder_with_version_1(tmp_path: Path) 
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_train_without_torch_says_which_extra_to_install(tmp_path: Path) -> None:
+    # A serving-only install: make `import torch` fail the way a missing package does.
+    code = (
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' or name.startswith('torch.'):\n"
+        "            raise ModuleNotFoundError(\"No module named 'torch'\")\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "from dlserve.cli import main\n"
+        "sys.exit(main(['train', '--preset', 'mlp-xor']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "dlserve train: error: training needs the train extra: pip install -e '.[train]'"
+    )
+    assert list(tmp_path.iterdir()) == []
