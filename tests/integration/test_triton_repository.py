@@ -8,6 +8,7 @@ good ones.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -16,12 +17,13 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.grpc as triton
+from onnx import TensorProto, helper, numpy_helper
 
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.conftest import infer_input, reference, rows, rpc_error
-from tests.onnx_models import mlp
-from tests.serverproc import ServerProcess
+from tests.onnx_models import IR_VERSION, OPSET, mlp
+from tests.serverproc import ServerProcess, wait_for
 
 # Triton's documentation style, as found in its model repositories.
 HAND_WRITTEN = """
@@ -82,6 +84,20 @@ def _save(folder: Path, version: int, model: onnx.ModelProto, file: str = "model
     return path
 
 
+def _reshape_to_four_rows() -> onnx.ModelProto:
+    """input [N, 2] reshaped to [4, -1]: a single row cannot be."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["logits"])],
+        "four_rows",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, "n"])],
+        [numpy_helper.from_array(np.array([4, -1], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
 def build(repo: Path) -> dict[str, Path]:
     """Write the repository; returns the model files by "name:version"."""
     files: dict[str, Path] = {}
@@ -132,6 +148,8 @@ def build(repo: Path) -> dict[str, Path]:
     _save(other, 1, mlp())
     (other / "config.pbtxt").write_text('platform: "tensorflow_savedmodel"\nmax_batch_size: 4\n')
     (repo / "empty_model").mkdir()
+    # Loads fine, fails when run: only the warm-up inference finds out.
+    _save(repo / "fails_warmup", 1, _reshape_to_four_rows())
 
     (repo / "README.md").write_text("a Triton model repository\n")
     (repo / ".hidden").mkdir()
@@ -146,6 +164,7 @@ BROKEN = {
     "dims_mismatch": "dims [5]",
     "tensorflow_model": "'tensorflow_savedmodel'",
     "empty_model": "model.onnx",
+    "fails_warmup": "warm-up inference failed",
 }
 
 
@@ -292,3 +311,50 @@ def test_good_models_serve_next_to_broken_ones(
         index = stub.RepositoryIndex(pb.RepositoryIndexRequest(ready=True), timeout=10)
     assert {m.name for m in index.models} == GOOD
     assert {m.state for m in index.models} == {"READY"}
+
+
+# --- poll mode: the repository changes under a running server --------------------------
+
+
+def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "polled"
+    a1 = _save(repo / "a", 1, mlp(seed=50))
+    with ServerProcess(
+        repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2"
+    ) as proc:
+        c = triton.InferenceServerClient(proc.url)
+        x = rows(2, seed=6)
+
+        def logits(name: str) -> np.ndarray:
+            return c.infer(name, [infer_input(x)]).as_numpy("logits")
+
+        np.testing.assert_allclose(logits("a"), reference(a1, x)["logits"], atol=1e-6)
+
+        # A new model folder, without a config, appears.
+        b1 = _save(repo / "b", 1, mlp(seed=51))
+        assert wait_for(lambda: c.is_model_ready("b"))
+        np.testing.assert_allclose(logits("b"), reference(b1, x)["logits"], atol=1e-6)
+
+        # A new version replaces the old one (default policy: latest 1).
+        a2 = _save(repo / "a", 2, mlp(seed=52))
+        assert wait_for(lambda: c.is_model_ready("a", "2") and not c.is_model_ready("a", "1"))
+        np.testing.assert_allclose(logits("a"), reference(a2, x)["logits"], atol=1e-6)
+
+        # A broken rewrite of the serving version does not take it down.
+        want = reference(a2, x)["logits"]
+        a2.write_bytes(b"truncated")
+
+        def reload_failed() -> bool:
+            index = {(m.name, m.version): m for m in c.get_model_repository_index().models}
+            return "reload failed" in index[("a", "2")].reason
+
+        assert wait_for(reload_failed)
+        assert c.is_model_ready("a", "2")
+        np.testing.assert_allclose(logits("a"), want, atol=1e-6)
+
+        # A removed folder leaves the index.
+        shutil.rmtree(repo / "b")
+        assert wait_for(lambda: "b" not in {m.name for m in c.get_model_repository_index().models})
+        with rpc_error(grpc.StatusCode.NOT_FOUND, "'b'"):
+            logits("b")
+        c.close()
