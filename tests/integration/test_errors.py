@@ -63,6 +63,12 @@ def test_unknown_version(client: triton.InferenceServerClient, version: str) -> 
         client.get_model_metadata("classifier", version)
 
 
+@pytest.mark.parametrize("name", ["", "../classifier", "classifier/..", ".hidden", "a\0b"])
+def test_odd_model_names_are_unknown(stub: Stub, name: str) -> None:
+    with rpc_error(grpc.StatusCode.NOT_FOUND, "unknown model"):
+        stub.ModelInfer(raw_request(name, [1, 2], f32(1, 2)), timeout=10)
+
+
 def test_unknown_model_in_a_very_long_name_is_cut_short(stub: Stub) -> None:
     name = "m" * 100_000
     with rpc_error(grpc.StatusCode.NOT_FOUND, "unknown model"):

@@ -509,6 +509,14 @@ def test_explicit_load_of_broken_model_reports_why(explicit: triton.InferenceSer
     assert "Protobuf parsing failed" in index["broken"].reason
 
 
+def test_explicit_load_with_config_override_is_refused(
+    explicit: triton.InferenceServerClient,
+) -> None:
+    with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "not supported"):
+        explicit.load_model("fixed", config='{"max_batch_size": 2}')
+    assert not explicit.is_model_ready("fixed")
+
+
 def test_explicit_load_of_unknown_model_is_not_found(
     explicit: triton.InferenceServerClient,
 ) -> None:
