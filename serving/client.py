@@ -84,8 +84,8 @@ def predict(args: argparse.Namespace) -> int:
                 array = np.asarray(data[spec.name], dtype=dtype)
             except (TypeError, ValueError) as exc:
                 raise CliError(f"--data for '{spec.name}' is not a {spec.datatype} array") from exc
-            if len(spec.shape) and array.ndim == len(spec.shape) - 1:
-                array = array[np.newaxis]
+            if len(spec.shape) and spec.shape[0] == -1 and array.ndim == len(spec.shape) - 1:
+                array = array[np.newaxis]  # one example for a batching model
             request.inputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)
             request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
         labelled = {o.name for o in config.output if o.label_filename}
