@@ -181,6 +181,20 @@ def test_predict_on_default_models(
         assert len(row) == min(3, len(labels))
 
 
+def test_predict_on_a_model_without_batching(server: ServerProcess, model_repo: Path) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    result = predict(server.url, "--model", "fixed", "--data", json.dumps(x.tolist()))
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    want = reference(model_file(model_repo, "fixed"), x)["logits"]
+    np.testing.assert_allclose(printed["outputs"]["logits"]["data"], want, atol=1e-6)
+    # No batch dimension to add: the data goes as given, and the error says so.
+    one_line_error(
+        predict(server.url, "--model", "fixed", "--data", "[1, 2]"),
+        "INVALID_ARGUMENT", "has shape [2], expected [3, 2]",
+    )  # fmt: skip
+
+
 def test_predict_on_a_model_without_labels_prints_outputs_only(server: ServerProcess) -> None:
     result = predict(server.url, "--model", "autocomplete", "--data", "[[1, 2]]")
     assert result.returncode == 0, result.stderr
