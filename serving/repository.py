@@ -59,7 +59,7 @@ CONFIG_BY_DATATYPE = {v: k for k, v in DATATYPE_BY_CONFIG.items()}
 
 def datatype_of(enum_value: int) -> str:
     """KServe datatype name of a config ``DataType`` enum value."""
-    return DATATYPE_BY_CONFIG.get(mc.DataType.Name(enum_value), "INVALID")
+    return DATATYPE_BY_CONFIG.get(mc.DataType.Name(mc.DataType.ValueType(enum_value)), "INVALID")
 
 
 def config_datatype(datatype: str) -> int:
@@ -209,9 +209,10 @@ def complete_config(
     missing = set(graph_in) - {i.name for i in config.input}
     if missing:
         raise ModelLoadError(f"config.pbtxt lacks graph input(s) {sorted(missing)}")
-    for tensor in (*config.input, *config.output):
-        if tensor.HasField("reshape"):
-            raise ModelLoadError(f"{tensor.name!r}: reshape is not supported")
+    reshaped = [t.name for t in config.input if t.HasField("reshape")]
+    reshaped += [t.name for t in config.output if t.HasField("reshape")]
+    if reshaped:
+        raise ModelLoadError(f"{reshaped[0]!r}: reshape is not supported")
     for out in config.output:
         if out.label_filename:
             safe_file_name(out.label_filename, f"output {out.name!r} label_filename")
@@ -245,19 +246,19 @@ def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip) -
         if tensor.name in seen:
             raise ModelLoadError(f"config.pbtxt lists {kind} {tensor.name!r} twice")
         seen.add(tensor.name)
-        info = graph.get(tensor.name)
-        if info is None:
+        found = graph.get(tensor.name)
+        if found is None:
             raise ModelLoadError(
                 f"config.pbtxt {kind} {tensor.name!r} is not in the ONNX graph "
                 f"(graph {kind}s: {sorted(graph)})"
             )
         want = datatype_of(tensor.data_type)
-        if want != info.datatype:
+        if want != found.datatype:
             raise ModelLoadError(
                 f"config.pbtxt {kind} {tensor.name!r} is {want}, "
-                f"the ONNX graph says {info.datatype}"
+                f"the ONNX graph says {found.datatype}"
             )
-        graph_dims = strip(info.shape, f"{kind} {info.name!r}")
+        graph_dims = strip(found.shape, f"{kind} {found.name!r}")
         if not tensor.dims:
             tensor.dims.extend(graph_dims)
         elif not _compatible(list(tensor.dims), graph_dims):
