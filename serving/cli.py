@@ -133,6 +133,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from serving.workers import run_workers
 
         return run_workers(settings, args.load_model, args.workers)
+    runner: Any
     try:
         import uvloop
 
