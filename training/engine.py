@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -92,6 +93,13 @@ def describe_layer(module: nn.Module) -> str:
     return type(module).__name__
 
 
+def _mean_abs_grad(module: nn.Module) -> float:
+    weight = module.weight
+    assert isinstance(weight, nn.Parameter)
+    grad = weight.grad
+    return float(grad.abs().mean().item()) if grad is not None else 0.0
+
+
 def _as_tensors(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.as_tensor(np.asarray(X), dtype=torch.float32), torch.as_tensor(
         np.asarray(y), dtype=torch.int64
@@ -159,7 +167,7 @@ def fit(
     started = time.perf_counter()
 
     bar = None
-    epoch_iter: range | object = range(epochs)
+    epoch_iter: Iterable[int] = range(epochs)
     if progress:
         from tqdm import tqdm
 
@@ -168,7 +176,7 @@ def fit(
             range(epochs), desc="train", unit="epoch", leave=False, dynamic_ncols=True, disable=None
         )
         epoch_iter = bar
-    for _ in epoch_iter:  # type: ignore[attr-defined]
+    for _ in epoch_iter:
         model.train()
         order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
         loss_sum = correct = seen = 0.0
@@ -181,10 +189,7 @@ def fit(
             logits = model(xb)  # [b, classes]
             loss = loss_fn(logits, yb)
             loss.backward()
-            grad_sum += [
-                m.weight.grad.abs().mean().item() if m.weight.grad is not None else 0.0
-                for _, m in layers
-            ]
+            grad_sum += [_mean_abs_grad(m) for _, m in layers]
             opt.step()
             batches += 1
             # Record plain cross-entropy (no label smoothing) so that train and

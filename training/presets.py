@@ -17,14 +17,18 @@ This module imports no torch at module level (the CLI reads `PRESETS`).
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import uuid
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from training.pipeline import TrainOutcome
 
 __all__ = ["PRESETS", "main", "preset_config", "train_presets"]
 
@@ -102,14 +106,14 @@ def train_presets(
     *,
     fresh: bool = False,
     progress: bool = True,
-) -> list[object]:
+) -> list[TrainOutcome]:
     """Train and export each preset; with ``fresh``, swap in a folder holding only v1."""
     from training.export import TMP_PREFIX, check_repository_writable
     from training.pipeline import run
     from training.report import write_metrics
 
     check_repository_writable(repository)
-    outcomes = []
+    outcomes: list[TrainOutcome] = []
     for name in names:
         cfg = PRESETS[name]
         if not fresh:
@@ -125,9 +129,7 @@ def train_presets(
                 repository=staging,
                 runs_dir=runs_dir,
                 progress=progress,
-                log=lambda line, a=str(staging / cfg.name), b=str(target): print(
-                    line.replace(a, b)
-                ),
+                log=functools.partial(_print_replacing, str(staging / cfg.name), str(target)),
             )
             old = repository / f"{TMP_PREFIX}old-{uuid.uuid4().hex}"
             if target.exists():
@@ -142,6 +144,10 @@ def train_presets(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return outcomes
+
+
+def _print_replacing(old: str, new: str, line: str) -> None:
+    print(line.replace(old, new))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
