@@ -44,7 +44,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from serving._generated import grpc_service_pb2 as pb
     from serving._generated import grpc_service_pb2_grpc as pb_grpc
-    from serving.grpc_api.codec import decode_bytes
+    from serving.validation import decode_bytes
 
     data = _load_data(args.data)
     metadata = [("authorization", f"Bearer {args.auth_token}")] if args.auth_token else None

@@ -5,11 +5,13 @@ Everything that depends only on the config is computed once at load time
 order that keeps them cheap: names, datatype, rank, dims, batch bound, then
 element count against the data actually received. Nothing here allocates in
 proportion to a declared shape: a huge declared dim fails the size check
-against the bytes that arrived.
+against the bytes that arrived, and raw BYTES content is decoded here,
+after the checks, never for a model that does not take BYTES.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +19,52 @@ import numpy as np
 
 from serving.errors import InvalidInput
 from serving.tensors import DTYPE_BY_DATATYPE, RequestedOutput, Tensor
+
+#: The 4-byte little-endian length before each raw BYTES element.
+_LENGTH = struct.Struct("<I")
+
+
+def decode_bytes(
+    buffer: bytes | np.ndarray,
+    name: str,
+    count: int | None = None,
+    shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Raw BYTES content (Triton's encoding: each element a 4-byte
+    little-endian length, then that many bytes) as an object array of bytes.
+
+    With ``count``, exactly that many elements must be there: a count the
+    buffer cannot hold fails before any decoding, and decoding stops as soon
+    as the content and the count disagree, so the work never exceeds what a
+    valid request of that shape would need.
+    """
+    view = memoryview(buffer.data if isinstance(buffer, np.ndarray) else buffer).cast("B")
+    end = len(view)
+    where = f"input '{name}'" + (f" with shape {list(shape)}" if shape is not None else "")
+    if count is not None and count * 4 > end:
+        raise InvalidInput(
+            f"{where} needs {count} BYTES elements (at least {count * 4} bytes), got {end}"
+        )
+    items: list[bytes] = []
+    offset = 0
+    while offset < end:
+        if count is not None and len(items) == count:
+            raise InvalidInput(f"{where} has more raw content than the {count} BYTES elements")
+        if offset + 4 > end:
+            raise InvalidInput(f"input '{name}': BYTES raw content ends inside a length prefix")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > end:
+            raise InvalidInput(
+                f"input '{name}': BYTES element of {length} bytes runs past the raw content"
+            )
+        items.append(bytes(view[offset : offset + length]))
+        offset += length
+    if count is not None and len(items) != count:
+        raise InvalidInput(f"{where} needs {count} BYTES elements, got {len(items)}")
+    array = np.empty(len(items), dtype=np.object_)
+    array[:] = items
+    return array
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +156,9 @@ class ModelSignature:
             count = 1
             for d in shape:
                 count *= d
-            if data.size != count:
-                if spec.datatype == "BYTES":  # elements of any length: count them
-                    raise InvalidInput(
-                        f"input '{tensor.name}' with shape {list(shape)} needs {count} BYTES "
-                        f"elements, got {data.size}"
-                    )
+            if spec.datatype == "BYTES" and tensor.from_raw:
+                data = decode_bytes(data, tensor.name, count, shape)
+            elif data.size != count:
                 if tensor.from_raw:
                     item = DTYPE_BY_DATATYPE[spec.datatype].itemsize
                     raise InvalidInput(

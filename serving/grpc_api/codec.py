@@ -3,7 +3,8 @@ protobufs.
 
 Raw inputs become numpy views (``np.frombuffer``, no copy); outputs leave as
 ``raw_output_contents``. BYTES travel as 4-byte little-endian length
-prefixes followed by the bytes, as Triton encodes them.
+prefixes followed by the bytes, as Triton encodes them; raw BYTES inputs
+stay undecoded (uint8) until validation has checked them against the model.
 """
 
 from __future__ import annotations
@@ -38,26 +39,6 @@ _NARROW_INTS = frozenset({"INT8", "INT16", "UINT8", "UINT16"})
 _MAX_RANK = 32
 
 _InferOutput = pb.ModelInferResponse.InferOutputTensor
-
-
-def decode_bytes(buffer: bytes, name: str) -> np.ndarray:
-    items = []
-    view = memoryview(buffer)
-    offset, end = 0, len(buffer)
-    while offset < end:
-        if offset + 4 > end:
-            raise InvalidInput(f"input '{name}': BYTES raw content ends inside a length prefix")
-        (length,) = struct.unpack_from("<I", view, offset)
-        offset += 4
-        if offset + length > end:
-            raise InvalidInput(
-                f"input '{name}': BYTES element of {length} bytes runs past the raw content"
-            )
-        items.append(bytes(view[offset : offset + length]))
-        offset += length
-    array = np.empty(len(items), dtype=np.object_)
-    array[:] = items
-    return array
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
@@ -119,7 +100,9 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                 )
             buffer = raw[i]
             if datatype == "BYTES":
-                data = decode_bytes(buffer, name)
+                # Decoded by validation once the model is known to take BYTES:
+                # here it would cost a Python loop per element for any model.
+                data = np.frombuffer(buffer, dtype=np.uint8)
             else:
                 if len(buffer) % dtype.itemsize:
                     raise InvalidInput(
