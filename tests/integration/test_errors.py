@@ -93,6 +93,11 @@ BAD_REQUESTS: dict[str, tuple[pb.ModelInferRequest, tuple[str, ...]]] = {
         raw_request("classifier", [1, 2], np.zeros((1, 2), np.float64).tobytes(), datatype="FP64"),
         ("input 'input' must be FP32, got FP64",),
     ),
+    "BYTES to an FP32 model": (
+        # Malformed BYTES too: the datatype must be refused before any decoding.
+        raw_request("classifier", [1, 2], b"\xff\xff\xff\x7f", datatype="BYTES"),
+        ("input 'input' must be FP32, got BYTES",),
+    ),
     "unknown datatype": (
         raw_request("classifier", [1, 2], f32(1, 2), datatype="FLOAT"),
         ("input 'input'", "unknown datatype 'FLOAT'"),

@@ -135,14 +135,60 @@ def test_accepts_exactly_the_matching_requests(rows: int, inner: list[int], extr
             signature.validate([tensor])
 
 
-def test_raw_bytes_count_is_reported_in_elements() -> None:
-    """BYTES elements have no fixed size: a count mismatch speaks of
-    elements, not of 8-byte object pointers."""
-    signature = ModelSignature("text", 4, [TensorSpec("input", "BYTES", (2,))], OUTPUTS)
+TEXT = ModelSignature("text", 4, [TensorSpec("input", "BYTES", (2,))], OUTPUTS)
+
+
+def prefixed(*items: bytes) -> np.ndarray:
+    """Raw BYTES content as the codec hands it over: undecoded uint8."""
+    wire = b"".join(len(i).to_bytes(4, "little") + i for i in items)
+    return np.frombuffer(wire, dtype=np.uint8)
+
+
+def test_raw_bytes_are_decoded_once_valid() -> None:
+    feeds, rows = TEXT.validate(
+        [Tensor("input", "BYTES", (2, 2), prefixed(b"", b"ab", b"\xff", b"z"), True)]
+    )
+    assert rows == 2
+    assert feeds["input"].dtype == np.object_
+    assert feeds["input"].tolist() == [[b"", b"ab"], [b"\xff", b"z"]]
+
+
+def test_typed_bytes_are_counted_as_elements() -> None:
     data = np.array([b"a", b"b", b"c"], dtype=np.object_)
     with pytest.raises(InvalidInput) as info:
-        signature.validate([Tensor("input", "BYTES", (1, 2), data, True)])
-    assert "input 'input' with shape [1, 2] needs 2 BYTES elements, got 3" in info.value.message
+        TEXT.validate([Tensor("input", "BYTES", (1, 2), data, False)])
+    assert "input 'input' with shape [1, 2] needs 2 elements, got 3" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (prefixed(b"a", b"b", b"c"), "more raw content than the 2 BYTES elements"),
+        (prefixed(b"a"), "needs 2 BYTES elements"),
+        (prefixed(b"a", b"bcdef")[:-1], "runs past the raw content"),
+        (np.concatenate([prefixed(b"abcd"), prefixed(b"b")[:2]]), "ends inside a length prefix"),
+        (np.frombuffer(b"\xff\xff\xff\x7f" * 2, np.uint8), "runs past the raw content"),
+    ],
+    ids=["too-many", "too-few", "element-cut", "prefix-cut", "huge-length"],
+)
+def test_raw_bytes_malformed_or_miscounted(data: np.ndarray, fragment: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        TEXT.validate([Tensor("input", "BYTES", (1, 2), data, True)])
+    assert "input 'input'" in info.value.message
+    assert fragment in info.value.message, info.value.message
+
+
+def test_raw_bytes_with_a_huge_declared_shape_fail_before_decoding() -> None:
+    signature = ModelSignature("text", 4, [TensorSpec("input", "BYTES", (-1,))], OUTPUTS)
+    with pytest.raises(InvalidInput) as info:
+        signature.validate([Tensor("input", "BYTES", (1, 2**40), prefixed(b"a", b"b"), True)])
+    assert f"needs {2**40} BYTES elements (at least {2**42} bytes), got 10" in info.value.message
+
+
+def test_raw_bytes_for_a_numeric_input_are_refused_by_datatype() -> None:
+    broken = np.frombuffer(b"\xff\xff", np.uint8)  # not even a whole length prefix
+    with pytest.raises(InvalidInput, match="input 'input' must be FP32, got BYTES"):
+        BATCHED.validate([Tensor("input", "BYTES", (1, 2), broken, True)])
 
 
 # --- requested outputs ------------------------------------------------------------
