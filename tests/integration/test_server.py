@@ -377,6 +377,19 @@ def test_load_and_unload_refused_without_explicit_mode(
     assert client.is_model_ready("classifier")
 
 
+@pytest.mark.parametrize(
+    "call",
+    ["get_system_shared_memory_status", "get_cuda_shared_memory_status", "get_trace_settings",
+     "get_log_settings"],
+)  # fmt: skip
+def test_rpcs_outside_the_contract_are_unimplemented(
+    client: triton.InferenceServerClient, call: str
+) -> None:
+    with rpc_error(grpc.StatusCode.UNIMPLEMENTED):
+        getattr(client, call)()
+    assert client.is_server_ready()
+
+
 # --- the standard gRPC services -------------------------------------------------
 
 
