@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -27,6 +28,7 @@ from serving.errors import (
     ModelNotFound,
     ModelNotReady,
     ServingError,
+    ShuttingDown,
 )
 from serving.metrics import Metrics, VersionMetrics
 from serving.runtime import OnnxRuntime
@@ -71,6 +73,9 @@ class VersionStatus:
     reason: str = ""
     loaded: LoadedVersion | None = None
     fingerprint: tuple[int, int] | None = None
+    #: The file (mtime, size) that last failed to load: not retried until it
+    #: changes or the config does.
+    failed_fingerprint: tuple[int, int] | None = None
 
 
 @dataclass
@@ -107,6 +112,10 @@ class ModelManager:
         self._ready: dict[tuple[str, str], LoadedVersion] = {}
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
+        #: Set by ``drain``: every new request is refused with UNAVAILABLE.
+        self._draining = False
+        #: time.monotonic() of the last request refused while draining.
+        self.last_refusal = 0.0
 
     # -- request path --------------------------------------------------------
 
@@ -117,6 +126,9 @@ class ModelManager:
         return self._explain(name, version)
 
     def _explain(self, name: str, version: str) -> LoadedVersion:
+        if self._draining:
+            self.last_refusal = time.monotonic()
+            raise ShuttingDown("the server is shutting down; retry on another replica")
         entry = self.models.get(name) if len(name) <= MAX_NAME_LENGTH else None
         if entry is None:
             raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
@@ -156,6 +168,10 @@ class ModelManager:
             and int(version) in entry.versions
         ):  # fmt: skip
             return name, str(int(version))
+        if not version:  # the version the request would have run on
+            default = self._ready.get((name, ""))
+            if default is not None:
+                return name, default.version_str
         return name, ""
 
     def is_ready(self, name: str, version: str = "") -> bool:
@@ -190,10 +206,53 @@ class ModelManager:
         if mode == "poll":
             self._poll_task = asyncio.ensure_future(self._poll())
 
-    async def stop(self) -> None:
+    async def drain(self, timeout: float | None = None) -> bool:
+        """Stop taking requests (new ones get UNAVAILABLE, ModelReady is
+        false) and wait until every queued and running one has finished.
+        After ``timeout`` seconds what is still queued is failed with
+        UNAVAILABLE. Returns whether everything finished in time."""
+        await self._stop_polling()
+        async with self._lock:  # no load or unload half-way
+            self._draining = True
+            self._ready = {}  # the request path now always goes to _explain
+            serving = [
+                (entry, status)
+                for entry in self.models.values()
+                for status in entry.versions.values()
+                if status.loaded is not None
+            ]
+            # Requests take their version and queue in one step on the event
+            # loop, so from here on the batchers only shrink.
+            closing = {
+                asyncio.ensure_future(status.loaded.batcher.close(drain=True)): (entry, status)
+                for entry, status in serving
+                if status.loaded is not None
+            }
+            done, late = await asyncio.wait(closing, timeout=timeout) if closing else ((), ())
+            for task in late:
+                task.cancel()
+                entry, status = closing[task]
+                assert status.loaded is not None
+                logger.warning("model %s:%d did not drain in time; failing what is queued",
+                               entry.name, status.version)  # fmt: skip
+                await status.loaded.batcher.close(drain=False)
+            for entry, status in serving:
+                loaded = status.loaded
+                assert loaded is not None
+                status.state, status.reason, status.loaded = UNAVAILABLE, "server shut down", None
+                self.metrics.set_ready(
+                    entry.name, loaded.version_str, loaded.runtime.provider, False
+                )
+            return not late
+
+    async def _stop_polling(self) -> None:
         if self._poll_task is not None:
             self._poll_task.cancel()
             await asyncio.gather(self._poll_task, return_exceptions=True)
+            self._poll_task = None
+
+    async def stop(self) -> None:
+        await self._stop_polling()
         await asyncio.gather(
             *(self._unload(entry, status) for entry in list(self.models.values())
               for status in list(entry.versions.values()) if status.loaded is not None)
@@ -303,36 +362,41 @@ class ModelManager:
         entry.reason = ""
         available = {v: p for v, p in source.versions.items()}
         fingerprints = {v: _fingerprint(p) for v, p in available.items()}
-        failed: set[int] = set()
+        retry = force or config_changed
+
+        def known_bad(v: int) -> bool:
+            """Not serving, and these very bytes already failed to load."""
+            status = entry.versions.get(v)
+            return (
+                not retry and status is not None and status.loaded is None
+                and status.failed_fingerprint == fingerprints[v]
+            )  # fmt: skip
+
+        def needs_load(v: int) -> bool:
+            status = entry.versions.get(v)
+            if status is None or retry:
+                return True
+            if status.failed_fingerprint == fingerprints[v]:
+                return False  # a reload of these bytes failed; the old load serves
+            return status.loaded is None or status.fingerprint != fingerprints[v]
+
+        # A version that fails drops out of the choice, so the version policy
+        # falls back to the next one (which may already serve).
+        failed = {v for v in available if known_bad(v)}
+        attempted: set[int] = set()
         while True:
             wanted = repository.select_versions(
                 source.config, [v for v in available if v not in failed]
             )
-            to_load = [
-                v for v in wanted
-                if force or config_changed
-                or entry.versions.get(v) is None
-                or entry.versions[v].loaded is None
-                or entry.versions[v].fingerprint != fingerprints[v]
-            ]  # fmt: skip
-            to_load = [v for v in to_load if v not in failed]
-            progress = False
+            to_load = [v for v in wanted if v not in attempted and needs_load(v)]
+            if not to_load:
+                break
             for version in to_load:
-                prior = entry.versions.get(version)
-                if (
-                    prior is not None and prior.state == UNAVAILABLE and prior.loaded is None
-                    and prior.fingerprint == fingerprints[version] and not (force or config_changed)
-                ):  # fmt: skip
-                    failed.add(version)  # same bytes failed before: do not retry
-                    progress = True
-                    continue
+                attempted.add(version)
                 ok = await self._load(entry, source, version, available[version],
                                       fingerprints[version])  # fmt: skip
-                if not ok:
+                if not ok and entry.versions[version].loaded is None:
                     failed.add(version)
-                    progress = True
-            if not progress:
-                break
         if not available:
             entry.reason = f"no version folder holds {source.model_file_name}"
         wanted_set = set(wanted)
@@ -362,21 +426,22 @@ class ModelManager:
             runtime, config, signature, index = await loop.run_in_executor(
                 None, self._prepare, source, path, label
             )
-        except ServingError as exc:
-            logger.error("model %s failed to load: %s", label, exc.message)
+        except Exception as exc:
+            if isinstance(exc, ServingError):
+                reason = exc.message
+                logger.error("model %s failed to load: %s", label, reason)
+            else:  # a bug or an unexpected file problem: never fatal
+                reason = f"{type(exc).__name__}: {exc}"
+                logger.exception("model %s failed to load", label)
             if previous is not None and previous.loaded is not None:
-                previous.reason = f"reload failed, still serving the previous load: {exc.message}"
+                previous.reason = f"reload failed, still serving the previous load: {reason}"
+                previous.failed_fingerprint = fingerprint
                 return False
             entry.versions[version] = VersionStatus(
-                version, UNAVAILABLE, exc.message, fingerprint=fingerprint
-            )
+                version, UNAVAILABLE, reason, fingerprint=fingerprint,
+                failed_fingerprint=fingerprint,
+            )  # fmt: skip
             self.metrics.set_ready(entry.name, str(version), "", False)
-            return False
-        except Exception as exc:  # a bug or an unexpected file problem: never fatal
-            logger.exception("model %s failed to load", label)
-            entry.versions[version] = VersionStatus(
-                version, UNAVAILABLE, f"{type(exc).__name__}: {exc}", fingerprint=fingerprint
-            )
             return False
         loaded = self._activate(entry.name, version, runtime, config, signature, index, fingerprint)
         entry.versions[version] = VersionStatus(version, READY, "", loaded, fingerprint)

@@ -8,6 +8,7 @@ import concurrent.futures
 import inspect
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
@@ -30,6 +31,10 @@ from serving.settings import ServingSettings
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "inference.GRPCInferenceService"
+#: While draining, the listener closes after this long without a refused request...
+LINGER_QUIET_SECS = 0.5
+#: ...or after this long at most.
+LINGER_MAX_SECS = 2.0
 
 
 class StartupError(Exception):
@@ -74,6 +79,7 @@ class Server:
         self._grpc: grpc.aio.Server | None = None
         self._http: MetricsHttpServer | None = None
         self._stop = asyncio.Event()
+        self._force = asyncio.Event()
 
     async def start(self) -> RunningServer:
         s = self.settings
@@ -148,24 +154,69 @@ class Server:
         return RunningServer(port, metrics_port)
 
     def request_stop(self) -> None:
+        """First call (SIGTERM/SIGINT): drain and stop. A second one while
+        draining: stop now, cancelling what is still running."""
+        if self._stop.is_set():
+            logger.warning("second stop signal: cancelling the requests still in flight")
+            self._force.set()
         self._stop.set()
 
     async def wait(self) -> None:
         await self._stop.wait()
 
     async def stop(self) -> None:
-        """Drain: refuse new RPCs, finish in-flight and queued ones (up to
-        exit_timeout_secs), then release everything."""
-        logger.info("draining (up to %.0f s)", self.settings.exit_timeout_secs)
+        """Drain within exit_timeout_secs: new requests get UNAVAILABLE, the
+        queued and running ones finish and are answered, then the listener
+        closes and everything is released."""
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.exit_timeout_secs
+        deadline = loop.time() + timeout
+        logger.info("draining (up to %.0f s)", timeout)
         self.servicer.ready = False
         await self.health.enter_graceful_shutdown()
+        drain = asyncio.ensure_future(self.manager.drain(timeout))
+        force = asyncio.ensure_future(self._force.wait())
+        await asyncio.wait((drain, force), return_when=asyncio.FIRST_COMPLETED)
+        if drain.done() and not drain.result():
+            logger.warning("exit timeout: requests still queued were refused")
+        force.cancel()
+        await self._linger(deadline)
         if self._grpc is not None:
-            await self._grpc.stop(grace=self.settings.exit_timeout_secs)
+            # The answers of drained requests go out; streams get what is left
+            # of the timeout to finish. Anything after that is cancelled.
+            grace = 0.0 if self._force.is_set() else max(0.0, deadline - loop.time())
+            await self._grpc.stop(grace=grace)
+        if not drain.done():
+            drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
         await self.manager.stop()
         if self._http is not None:
             self._http.stop()
-        self.executor.shutdown(wait=True)
+        # A batch already inside onnxruntime cannot be interrupted: wait for it.
+        self.executor.shutdown(wait=True, cancel_futures=True)
         logger.info("stopped")
+
+    async def _linger(self, deadline: float) -> None:
+        """Keep the listener open while clients are still being refused.
+
+        grpc answers a call that reached the server but no handler yet with
+        CANCELLED when the server stops (grpc/grpc#41785), which clients do not
+        retry. So the requests already on their way get our clean UNAVAILABLE
+        instead: the listener closes once no request was refused for
+        LINGER_QUIET_SECS (at most LINGER_MAX_SECS, and never past the exit
+        timeout)."""
+        loop = asyncio.get_running_loop()
+        end = min(deadline, loop.time() + LINGER_MAX_SECS)
+        while not self._force.is_set():
+            quiet = time.monotonic() - self.manager.last_refusal
+            left = end - loop.time()
+            if quiet >= LINGER_QUIET_SECS or left <= 0:
+                return
+            await asyncio.sleep(min(LINGER_QUIET_SECS - quiet, left))
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class _Undecodable:
@@ -291,10 +342,6 @@ def add_guarded(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio
         (grpc.method_handlers_generic_handler(capture.service, guarded),)
     )
     server.add_registered_method_handlers(capture.service, guarded)
-
-
-def _bracket(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 async def serve(

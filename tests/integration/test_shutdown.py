@@ -1,0 +1,143 @@
+"""Graceful shutdown of a real ``dlserve serve``: SIGTERM/SIGINT while
+clients are sending. Every request the server accepted is answered with
+the right numbers, the rest are refused with UNAVAILABLE (never cancelled
+half-way or failed with INTERNAL), and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.integration.test_limits import inflight, outputs, request, slow_mlp
+from tests.onnx_models import mlp, write_model
+from tests.serverproc import ServerProcess, wait_for
+
+CLIENTS = 8
+SEED = 21
+
+
+@dataclass
+class Client:
+    """One client with its own connection that sends back to back until the
+    server refuses it once, as a client that backs off would."""
+
+    url: str
+    index: int
+    answered: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)
+    errors: list[tuple[grpc.StatusCode, str]] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    @property
+    def ok(self) -> int:
+        return len(self.answered)
+
+    def run(self) -> None:
+        rng = np.random.default_rng(self.index)
+        with grpc.insecure_channel(self.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while True:
+                x = rng.uniform(-3, 3, (int(rng.integers(1, 5)), 2)).astype(np.float32)
+                try:
+                    reply = stub.ModelInfer(request("model", x), timeout=120)
+                except grpc.RpcError as error:
+                    self.errors.append((error.code(), error.details() or ""))
+                    return
+                self.answered.append((x, outputs(reply)))
+
+    def wrong_answers(self, reference: ort.InferenceSession) -> list[str]:
+        wrong = []
+        for x, got in self.answered:
+            logits, probabilities = reference.run(["logits", "probabilities"], {"input": x})
+            for name, want in (("logits", logits), ("probabilities", probabilities)):
+                if not np.allclose(got[name], want, rtol=1e-5, atol=1e-6):
+                    wrong.append(f"{name}: {got[name]} != {want}")
+        return wrong
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    # Slow enough that requests are always queued and in flight, batched.
+    write_model(tmp_path, "model", model=slow_mlp(seed=SEED, matmuls=12, n=384))
+    return tmp_path
+
+
+def start_clients(server: ServerProcess) -> list[Client]:
+    clients = [Client(server.url, i) for i in range(CLIENTS)]
+    for client in clients:
+        client.thread = threading.Thread(target=client.run, daemon=True)
+        client.thread.start()
+    return clients
+
+
+def join(clients: list[Client]) -> None:
+    for client in clients:
+        assert client.thread is not None
+        client.thread.join(120)
+        assert not client.thread.is_alive(), "a client hung after the server stopped"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_while_clients_send(repo: Path, sig: int) -> None:
+    server = ServerProcess(repo, "--exit-timeout-secs", "30", "--inference-threads", "1")
+    with server:
+        clients = start_clients(server)
+        assert wait_for(lambda: all(c.ok >= 2 for c in clients), timeout=120), [
+            (c.ok, c.errors) for c in clients
+        ]
+        code = server.stop(sig, timeout=90)
+        join(clients)
+        log = server.log()
+    assert code == 0, log[-3000:]
+    reference = ort.InferenceSession(
+        mlp(seed=SEED).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    for client in clients:
+        # Everything accepted was answered right; the one refusal is clean.
+        assert not client.wrong_answers(reference)
+        assert [code for code, _ in client.errors] == [grpc.StatusCode.UNAVAILABLE], (
+            client.errors,
+            log[-3000:],
+        )
+    assert "draining" in log and "stopped" in log, log[-3000:]
+    assert "Traceback" not in log, log[-5000:]
+
+
+def test_exit_timeout_bounds_the_drain(tmp_path: Path) -> None:
+    """Work that cannot finish within --exit-timeout-secs does not hold the
+    process: it exits 0, and the unfinished requests fail cleanly."""
+    write_model(tmp_path, "model", model=slow_mlp(seed=SEED, matmuls=300), dynamic_batching=False)
+    server = ServerProcess(tmp_path, "--exit-timeout-secs", "1", "--inference-threads", "1")
+    with server, grpc.insecure_channel(server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        x = np.zeros((1, 2), np.float32)
+        futures = [stub.ModelInfer.future(request("model", x), timeout=300) for _ in range(6)]
+        # Queued and running work far beyond one second.
+        assert wait_for(lambda: inflight(server, "model") >= 6, timeout=60)
+        code = server.stop(signal.SIGTERM, timeout=60)
+        log = server.log()
+        results = []
+        for future in futures:
+            try:
+                future.result()
+                results.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                results.append(error.code())
+    assert code == 0, log[-3000:]
+    assert grpc.StatusCode.OK not in results[3:], results  # not all of it ran
+    assert set(results) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (results, log[-3000:])
+    assert "Traceback" not in log, log[-5000:]
+
+
+def test_stop_with_nothing_in_flight_exits_zero(tmp_path: Path) -> None:
+    write_model(tmp_path, "model", model=mlp(seed=SEED))
+    with ServerProcess(tmp_path) as server:
+        assert server.stop(signal.SIGTERM, timeout=60) == 0
