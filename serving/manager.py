@@ -198,7 +198,7 @@ class ModelManager:
         if mode == "explicit":
             requested = set(load or ())
             names = None if "*" in requested else requested
-        await self.sync(only=names, add_missing=(mode != "explicit" or names is None))
+        await self.sync(only=names, add_missing=True)
         if mode == "explicit" and names:
             unknown = names.difference(self.models)
             if unknown:
