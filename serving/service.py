@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.batcher import BatchResult
+from serving.errors import InvalidInput
 from serving.manager import LoadedVersion, ModelManager
 from serving.metrics import Metrics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
@@ -57,8 +58,12 @@ class InferenceService:
     def begin(
         self, request: InferRequest, started: float, deadline: float | None = None
     ) -> Pending:
-        """Look up, validate and queue; raises ServingError for a bad request."""
+        """Look up, validate and queue; raises ServingError for a bad request.
+        A ``timeout`` request parameter (microseconds, the schedule-policy
+        extension) tightens the deadline."""
         loaded = self.manager.get(request.model_name, request.model_version)
+        if request.parameters:
+            deadline = _with_timeout(request.parameters.get("timeout"), started, deadline)
         signature = loaded.signature
         if request.outputs:
             signature.check_outputs(request.outputs)
@@ -116,6 +121,19 @@ class InferenceService:
             else:
                 out.append(Tensor(req.name, specs[req.name].datatype, array.shape, array))
         return tuple(out)
+
+
+def _with_timeout(timeout: object, started: float, deadline: float | None) -> float | None:
+    if timeout is None:
+        return deadline
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
+        raise InvalidInput(
+            f"parameter 'timeout' must be a whole number of microseconds >= 0, got {timeout!r}"
+        )
+    if timeout == 0:  # no timeout, as in Triton
+        return deadline
+    own = started + timeout / 1e6
+    return own if deadline is None else min(deadline, own)
 
 
 def _classify(

@@ -258,14 +258,6 @@ def test_typed_fp32_contents_from_protobuf_messages(
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG serving/grpc_api/servicer.py EXTENSIONS announces 'schedule_policy', but "
-    "service.infer ignores the request's 'timeout' (and 'priority') parameters that the "
-    "extension defines; only the gRPC deadline drops queued work. Fix: turn "
-    "parameters['timeout'] (microseconds) into the batcher deadline (min with the gRPC "
-    "one), or drop 'schedule_policy' from EXTENSIONS",
-)
 def test_schedule_policy_timeout_parameter_is_honoured(
     client: triton.InferenceServerClient,
 ) -> None:
