@@ -52,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dlserve {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `dlserve train ... | head -2`: the reader left
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        except OSError:
+            pass
+        return 141
     except Exception as exc:  # last resort: one line, traceback only on request
         if os.environ.get("DLSERVE_DEBUG"):
             raise

@@ -251,6 +251,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             reader.cancel()
 
+    # -- protocol features this server does not offer ------------------------
+
+    async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "dlserve does not implement shared-memory, trace or log-settings RPCs; "
+            "send tensors in the request (raw_input_contents)",
+        )
+
+    SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = (
+        _unimplemented
+    )
+    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
+    TraceSetting = LogSettings = _unimplemented
+
     def _count_failure(self, request: pb.ModelInferRequest, code: grpc.StatusCode) -> None:
         if self.metrics.enabled:
             model, version = self.manager.metric_labels(request.model_name, request.model_version)
