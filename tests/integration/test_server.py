@@ -459,12 +459,6 @@ def test_explicit_mode_index_lists_models_not_loaded(
     assert {"classifier", "autocomplete", "counted", "fixed", "broken"} <= names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG serving/manager.py ModelManager.start: explicit mode with --load-model calls "
-    "sync(only=names, add_missing=False), so the named models are never added and start "
-    "fails with 'unknown model(s)'; add_missing must be True (only= already restricts)",
-)
 def test_explicit_mode_load_model_flag_loads_only_those(model_repo: Path) -> None:
     with ServerProcess(
         model_repo, "--model-control-mode", "explicit", "--load-model", "classifier"
