@@ -132,8 +132,13 @@ def test_exit_timeout_bounds_the_drain(tmp_path: Path) -> None:
             except grpc.RpcError as error:
                 results.append(error.code())
     assert code == 0, log[-3000:]
-    assert grpc.StatusCode.OK not in results[3:], results  # not all of it ran
-    assert set(results) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, (results, log[-3000:])
+    # Not all of it ran; what was still queued was refused cleanly. (A batch
+    # still inside onnxruntime at the deadline is cancelled by grpc's stop.)
+    assert grpc.StatusCode.UNAVAILABLE in results, results
+    assert set(results) <= {
+        grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED
+    }, (results, log[-3000:])  # fmt: skip
+    assert "did not drain in time" in log, log[-3000:]
     assert "Traceback" not in log, log[-5000:]
 
 
