@@ -203,6 +203,17 @@ class ModelManager:
             unknown = names.difference(self.models)
             if unknown:
                 raise ModelLoadError(f"--load-model names unknown model(s) {sorted(unknown)}")
+        if mode == "explicit":
+            # The index lists every model in the repository, loaded or not.
+            sources = await asyncio.get_running_loop().run_in_executor(
+                None, repository.scan, self.root
+            )
+            for name, source in sources.items():
+                if name not in self.models:
+                    self.models[name] = ModelEntry(
+                        name, source.path, reason="not loaded (RepositoryModelLoad loads it)",
+                        wanted=False,
+                    )  # fmt: skip
         if mode == "poll":
             self._poll_task = asyncio.ensure_future(self._poll())
 
