@@ -445,13 +445,6 @@ def test_explicit_mode_starts_with_nothing_loaded(explicit: triton.InferenceServ
         assert not explicit.is_model_ready(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG serving/manager.py ModelManager.start/sync: in explicit mode models that are "
-    "not loaded get no ModelEntry, so RepositoryIndex omits them; the repository extension "
-    "says the index lists every model in the repository, loaded or not (Triton: state '' "
-    "or UNAVAILABLE). Fix: scan every folder into self.models at start, load only the named",
-)
 def test_explicit_mode_index_lists_models_not_loaded(
     explicit: triton.InferenceServerClient,
 ) -> None:
