@@ -181,12 +181,12 @@ def test_batcher_close_without_drain_answers_the_running_batch() -> None:
                 await asyncio.sleep(0.01)
             await batcher.close(drain=False)
             try:
-                await asyncio.wait_for(asyncio.shield(running), 5)
+                await asyncio.wait_for(asyncio.shield(running), 2)
                 error: BaseException | None = None
             except BaseException as exc:  # noqa: BLE001 - the test inspects it
                 error = exc
             try:
-                await asyncio.wait_for(batcher.close(drain=True), 5)
+                await asyncio.wait_for(batcher.close(drain=True), 2)
                 closes_again = True
             except TimeoutError:
                 closes_again = False
