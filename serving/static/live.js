@@ -149,16 +149,58 @@ function yAxis(ctx, w, h, max, unit) {
   }
 }
 
-// series: [{color, dash, points: [[t, v|null], ...]}]; t in seconds.
-function lineChart(canvas, now, series, unit) {
+// Log-scale axis from 10^lo to 10^hi: a line per decade, lighter ones at 2 and 5.
+function logAxis(ctx, w, h, lo, hi, unit) {
+  const plotH = h - PAD.top - PAD.bottom;
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  for (let e = lo; e <= hi; e++) {
+    for (const m of [1, 2, 5]) {
+      const v = m * Math.pow(10, e);
+      const f = (Math.log10(v) - lo) / (hi - lo);
+      if (f > 1.0001) break;
+      const y = Math.round(PAD.top + plotH - plotH * f) + 0.5;
+      ctx.strokeStyle = e === lo && m === 1 ? "#cbd2d9" : m === 1 ? "#e5e9ee" : "#f3f5f7";
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      ctx.moveTo(PAD.left, y);
+      ctx.lineTo(w - PAD.right, y);
+      ctx.stroke();
+      if (m === 1 || hi - lo <= 1) {
+        ctx.fillStyle = "#6b7785";
+        ctx.fillText(fmtAxis(v, unit), PAD.left - 8, y);
+      }
+    }
+  }
+}
+
+// series: [{color, dash, points: [[t, v|null], ...]}]; t in seconds. With
+// `log`, the y axis is logarithmic (latency: tens of µs next to a slow tail).
+function lineChart(canvas, now, series, unit, log = false) {
   const { ctx, w, h } = surface(canvas);
   const plotW = w - PAD.left - PAD.right;
   const plotH = h - PAD.top - PAD.bottom;
   const t0 = now - SPAN_S;
   let top = 0;
-  for (const s of series) for (const [t, v] of s.points) if (t >= t0 && v !== null) top = Math.max(top, v);
-  const max = niceMax(top * 1.1);
-  yAxis(ctx, w, h, max, unit);
+  let bottom = Infinity;
+  for (const s of series) {
+    for (const [t, v] of s.points) {
+      if (t < t0 || v === null) continue;
+      top = Math.max(top, v);
+      if (v > 0) bottom = Math.min(bottom, v);
+    }
+  }
+  let Y;
+  if (log && top > 0) {
+    const lo = Math.floor(Math.log10(bottom));
+    const hi = Math.max(Math.ceil(Math.log10(top)), lo + 1);
+    logAxis(ctx, w, h, lo, hi, unit);
+    Y = (v) => PAD.top + plotH - (plotH * (Math.log10(Math.max(v, Math.pow(10, lo))) - lo)) / (hi - lo);
+  } else {
+    const max = niceMax(top * 1.1);
+    yAxis(ctx, w, h, max, unit);
+    Y = (v) => PAD.top + plotH - (plotH * v) / max;
+  }
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
   ctx.fillStyle = "#6b7785";
@@ -167,7 +209,6 @@ function lineChart(canvas, now, series, unit) {
     ctx.fillText(ago === 0 ? "now" : `−${ago} s`, Math.min(x, w - PAD.right - 12), h - PAD.bottom + 6);
   }
   const X = (t) => PAD.left + (plotW * (t - t0)) / SPAN_S;
-  const Y = (v) => PAD.top + plotH - (plotH * v) / max;
   ctx.save();
   ctx.beginPath();
   ctx.rect(PAD.left, PAD.top - 2, plotW, plotH + 4);
@@ -276,7 +317,7 @@ function renderCharts(stats) {
     historySeries(stats.history, known, "throughput_rps", false), "");
   lineChart(document.getElementById("chart-latency"), now,
     [...historySeries(stats.history, known, "p50_ms", false),
-     ...historySeries(stats.history, known, "p99_ms", true)], "ms");
+     ...historySeries(stats.history, known, "p99_ms", true)], "ms", true);
   lineChart(document.getElementById("chart-errors"), now,
     historySeries(stats.history, stats.models, "errors_rps", false), "");
   barChart(document.getElementById("chart-batches"), known);
