@@ -159,6 +159,8 @@ class DynamicBatcher:
             job = self._queue.popleft()
             if not job.future.done():
                 job.future.set_exception(ShuttingDown(f"model '{self._name}' was unloaded"))
+        self._queued_rows = 0
+        self._idle.set()  # nothing runs any more: a later close returns at once
 
     # -- worker --------------------------------------------------------------
 
@@ -180,6 +182,10 @@ class DynamicBatcher:
             self._busy += 1
             try:
                 await self._execute(jobs)
+            except asyncio.CancelledError:
+                # close(drain=False) while this batch ran: answer its requests.
+                self._fail(jobs, ShuttingDown(f"model '{self._name}' was unloaded"))
+                raise
             finally:
                 self._busy -= 1
 

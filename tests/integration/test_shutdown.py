@@ -148,15 +148,6 @@ def test_stop_with_nothing_in_flight_exits_zero(tmp_path: Path) -> None:
         assert server.stop(signal.SIGTERM, timeout=60) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG serving/batcher.py DynamicBatcher.close(drain=False): the jobs of the batch "
-    "running when the workers are cancelled keep unresolved futures (their RPCs wait for "
-    "grpc's stop to cancel them: CANCELLED, not UNAVAILABLE), and a later close(drain=True) "
-    "waits forever on _idle, which no cancelled worker sets. Fix: keep the running batch's "
-    "jobs (e.g. self._running: set[_Job]), fail them with ShuttingDown after cancelling the "
-    "workers, and set self._idle at the end of close().",
-)
 def test_batcher_close_without_drain_answers_the_running_batch() -> None:
     """Driven directly (a real batcher and a thread pool): the request whose
     batch is inside the runtime when close(drain=False) comes gets UNAVAILABLE."""
