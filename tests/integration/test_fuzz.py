@@ -350,6 +350,15 @@ def near_misses(draw: st.DrawFn) -> pb.ModelInferRequest:
     return request
 
 
+def for_broken_model(
+    drawn: tuple[pb.ModelInferRequest, np.ndarray, list[Any]],
+) -> pb.ModelInferRequest:
+    """A request fine in every way, to the model that failed to load."""
+    request = drawn[0]
+    request.model_name = "broken"
+    return request
+
+
 # --- checking answers ---------------------------------------------------------
 
 
@@ -431,11 +440,15 @@ def test_fuzz_model_infer(
     )  # fmt: skip
     @given(
         st.lists(
-            st.one_of(random_requests(), near_misses()), min_size=BURST - 3, max_size=BURST - 3
+            st.one_of(random_requests(), near_misses()), min_size=BURST - 4, max_size=BURST - 4
         ),
         st.lists(valid_requests(), min_size=3, max_size=3),
+        valid_requests().map(for_broken_model),
     )
-    def burst(randoms: list[pb.ModelInferRequest], valids: list[Any]) -> None:
+    def burst(
+        randoms: list[pb.ModelInferRequest], valids: list[Any], broken: pb.ModelInferRequest
+    ) -> None:
+        randoms = [*randoms, broken]
         futures = [stub.ModelInfer.future(r, timeout=60) for r in randoms]
         valid_futures = [stub.ModelInfer.future(r, timeout=60) for r, _, _ in valids]
         for request, future in zip(randoms, futures, strict=True):
