@@ -35,6 +35,8 @@ SERVICE_NAME = "inference.GRPCInferenceService"
 LINGER_QUIET_SECS = 0.5
 #: ...or after this long at most.
 LINGER_MAX_SECS = 2.0
+#: Time left to send the answers of drained requests when the exit timeout is spent.
+SEND_GRACE_SECS = 0.5
 
 
 class StartupError(Exception):
@@ -182,9 +184,11 @@ class Server:
         force.cancel()
         await self._linger(deadline)
         if self._grpc is not None:
-            # The answers of drained requests go out; streams get what is left
+            # The answers of drained requests go out (a moment is left for
+            # them even when the timeout is spent); streams get what is left
             # of the timeout to finish. Anything after that is cancelled.
-            grace = 0.0 if self._force.is_set() else max(0.0, deadline - loop.time())
+            left = max(SEND_GRACE_SECS, deadline - loop.time())
+            grace = 0.0 if self._force.is_set() else left
             await self._grpc.stop(grace=grace)
         if not drain.done():
             drain.cancel()

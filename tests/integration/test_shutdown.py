@@ -132,8 +132,9 @@ def test_exit_timeout_bounds_the_drain(tmp_path: Path) -> None:
             except grpc.RpcError as error:
                 results.append(error.code())
     assert code == 0, log[-3000:]
-    # Not all of it ran; what was still queued was refused cleanly. (A batch
-    # still inside onnxruntime at the deadline is cancelled by grpc's stop.)
+    # Not all of it ran; what was still queued or running at the deadline was
+    # refused cleanly. (An answer that cannot be sent within the last half
+    # second is cancelled by grpc's stop: allowed, not expected.)
     assert grpc.StatusCode.UNAVAILABLE in results, results
     assert set(results) <= {
         grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED
