@@ -107,14 +107,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        if request.name:
-            self.manager.get(request.name, request.version)  # NOT_FOUND / UNAVAILABLE
+        version = ""
+        if request.name:  # NOT_FOUND / UNAVAILABLE; "01" means version 1
+            version = self.manager.get(request.name, request.version).version_str
         stats = []
         for name, entry in sorted(self.manager.models.items()):
             if request.name and name != request.name:
                 continue
             for loaded in entry.ready_versions():
-                if request.version and loaded.version_str != request.version:
+                if request.version and loaded.version_str != version:
                     continue
                 stats.append(_statistics(loaded))
         return pb.ModelStatisticsResponse(model_stats=stats)

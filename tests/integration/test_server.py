@@ -342,6 +342,16 @@ def test_inference_statistics_count_real_requests(client: triton.InferenceServer
     assert sum(b.compute_infer.count for b in after.batch_stats) == after.execution_count
 
 
+def test_inference_statistics_accept_any_spelling_of_a_version(
+    client: triton.InferenceServerClient,
+) -> None:
+    client.infer("counted", [infer_input(rows(1))])
+    plain = client.get_inference_statistics("counted", "1").model_stats
+    padded = client.get_inference_statistics("counted", "01").model_stats
+    assert [s.version for s in padded] == ["1"]
+    assert padded[0].inference_count >= plain[0].inference_count >= 1
+
+
 def test_inference_statistics_of_all_models(client: triton.InferenceServerClient) -> None:
     names = {s.name for s in client.get_inference_statistics().model_stats}
     assert {"classifier", "autocomplete", "counted", "fixed"} <= names
