@@ -356,3 +356,29 @@ def test_fast_batches_run_on_the_event_loop_and_slow_ones_in_the_pool(executor) 
             await b.close()
 
     asyncio.run(main())
+
+
+def test_an_idle_batcher_runs_a_fast_request_within_submit(executor) -> None:
+    async def main() -> None:
+        clock = FakeClock()  # compute time 0: a "fast" model
+        runtime = FakeRuntime()
+        b = DynamicBatcher(runtime.run, max_batch_size=8, executor=executor, clock=clock)
+        await b.submit(rows(1), 1)  # the first batch measures the model, in the pool
+        direct = b.submit(rows(2), 1)
+        assert direct.done()  # answered without a worker turn
+        np.testing.assert_array_equal(direct.result().outputs[0], np.full((1, 3), 4.0))
+        assert direct.result().queue_seconds == 0
+        await b.close()
+
+        # With a queue delay the batcher must wait for company: never direct.
+        delayed = DynamicBatcher(runtime.run, max_batch_size=8, executor=executor, clock=clock,
+                                 max_queue_delay=0.5)  # fmt: skip
+        await delayed.submit(rows(1, 8), 8)  # a full batch does not wait
+        pending = delayed.submit(rows(3), 1)
+        assert not pending.done()
+        await until(lambda: clock._timers)
+        clock.advance(0.5)
+        assert (await pending).outputs[0][0, 0] == 6.0
+        await delayed.close()
+
+    asyncio.run(main())
