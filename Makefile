@@ -46,8 +46,7 @@ protos: $(ALL_STAMP)
 	$(BIN)/python scripts/gen_protos.py
 
 lint: $(ALL_STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/mypy serving
+	$(BIN)/python -m pytest tests/test_lint.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -43,7 +43,7 @@ class LevelResult:
 
 def _percentiles(latencies: list[float]) -> tuple[float, float, float]:
     if not latencies:
-        return (float("nan"),) * 3  # type: ignore[return-value]
+        return (float("nan"),) * 3
     p = np.percentile(np.asarray(latencies) * 1e3, [50, 90, 99])
     return float(p[0]), float(p[1]), float(p[2])
 

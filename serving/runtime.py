@@ -63,7 +63,7 @@ class Runtime(Protocol):
 
 def _ort() -> Any:
     try:
-        import onnxruntime  # type: ignore[import-untyped]
+        import onnxruntime
     except ImportError as exc:  # pragma: no cover - install problem
         raise ModelLoadError(
             "onnxruntime is not installed: pip install 'dlserve[cpu]' (or '[gpu]')"

@@ -84,7 +84,7 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
         )
     metrics_dir = tempfile.mkdtemp(prefix="dlserve-metrics-")
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=metrics_dir)
+    MultiProcessCollector(registry, path=metrics_dir)  # type: ignore[no-untyped-call]
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -124,7 +124,7 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
                 proc.wait()
                 failed = True
             failed = failed or proc.returncode != 0
-            mark_process_dead(proc.pid, metrics_dir)
+            mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
         if http is not None:
             http.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -113,7 +113,9 @@ class ServerProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-                raise ServerFailed(f"server did not stop within {timeout}s:\n{self.log()}")
+                raise ServerFailed(
+                    f"server did not stop within {timeout}s:\n{self.log()}"
+                ) from None
         self._log.close()
         return int(self.proc.returncode)
 

@@ -37,10 +37,10 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             raise ValueError("the bearer token must not be empty")
         self._expected = _digest(token.encode())
 
-        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def deny_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
-        async def deny_stream(iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        async def deny_stream(iterator: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, MESSAGE)
 
         self._deny_unary: Handler = grpc.unary_unary_rpc_method_handler(deny_unary)

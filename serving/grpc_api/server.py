@@ -250,7 +250,9 @@ def _guard_unary(behavior: Any, method: str) -> Any:
     """Wrap a unary-request handler (unary or server-streaming response)."""
     if inspect.isasyncgenfunction(behavior):
 
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def generator(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             if type(request) is _Undecodable:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, request)
@@ -260,7 +262,7 @@ def _guard_unary(behavior: Any, method: str) -> Any:
 
         return generator
 
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if type(request) is _Undecodable:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, request))
         return await behavior(request, context)
@@ -283,13 +285,15 @@ def _guard_stream_stream(behavior: Any, method: str) -> Any:
 
         return iterate()
 
-    async def refuse(context: grpc.aio.ServicerContext, bad: list[_Undecodable]) -> None:
+    async def refuse(context: grpc.aio.ServicerContext[Any, Any], bad: list[_Undecodable]) -> None:
         if bad:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _not_a_message(method, bad[0]))
 
     if inspect.isasyncgenfunction(behavior):
 
-        async def generator(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def generator(
+            requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
             bad: list[_Undecodable] = []
             async for response in behavior(checked(requests, bad), context):
                 yield response
@@ -297,7 +301,7 @@ def _guard_stream_stream(behavior: Any, method: str) -> Any:
 
         return generator
 
-    async def handler(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         bad: list[_Undecodable] = []
         result = await behavior(checked(requests, bad), context)
         await refuse(context, bad)

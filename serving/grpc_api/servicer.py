@@ -34,14 +34,14 @@ EXTENSIONS = (
 )
 
 T = TypeVar("T")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[T]]
 
 
 def _rpc(method: Handler[T]) -> Handler[T]:
     """Map ServingError to its status; anything else is INTERNAL, logged once."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> T:
         try:
             return await method(self, request, context)
         except ServingError as exc:
@@ -166,7 +166,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -----------------------------------------------------------
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ModelInferResponse:
         started = _now()
         try:
@@ -190,7 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self,
         request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Bidirectional stream: requests run concurrently, answers go back as
         they finish; a failed request is answered with ``error_message`` and the
@@ -254,7 +254,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- protocol features this server does not offer ------------------------
 
-    async def _unimplemented(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _unimplemented(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
             "dlserve does not implement shared-memory, trace or log-settings RPCs; "
