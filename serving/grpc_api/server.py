@@ -21,7 +21,12 @@ from serving._generated import POOL
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import ServingError
 from serving.grpc_api.auth import BearerTokenInterceptor
-from serving.grpc_api.servicer import InferenceServicer
+from serving.grpc_api.servicer import (
+    RAW_REQUEST_METHODS,
+    SERVICE_NAME,
+    InferenceServicer,
+    undecodable_message,
+)
 from serving.http_server import MetricsHttpServer, make_app
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -30,7 +35,6 @@ from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
 #: While draining, the listener closes after this long without a refused request...
 LINGER_QUIET_SECS = 0.5
 #: ...or after this long at most.
@@ -243,7 +247,7 @@ def _safe(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 def _not_a_message(method: str, request: _Undecodable) -> str:
-    return f"{method}: the request body is not a valid protobuf message ({request.reason[:200]})"
+    return undecodable_message(method, request.reason)
 
 
 def _guard_unary(behavior: Any, method: str) -> Any:
@@ -336,6 +340,10 @@ def add_guarded(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio
     guarded = {}
     for name, h in capture.handlers.items():
         method = f"/{capture.service}/{name}"
+        if capture.service == SERVICE_NAME and name in RAW_REQUEST_METHODS:
+            # The handler parses the bytes itself: no wrapper on the hot path.
+            guarded[name] = h._replace(request_deserializer=None)
+            continue
         deserializer = _safe(h.request_deserializer) if h.request_deserializer else None
         if h.unary_unary is not None:
             h = h._replace(unary_unary=_guard_unary(h.unary_unary, method))

@@ -10,6 +10,7 @@ import time
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from dlserve import __version__
 from serving._generated import grpc_service_pb2 as pb
@@ -23,6 +24,11 @@ from serving.service import InferenceService, Pending
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter
+
+SERVICE_NAME = "inference.GRPCInferenceService"
+#: Methods whose handlers take the raw request bytes and parse them themselves.
+RAW_REQUEST_METHODS = frozenset({"ModelInfer"})
+_parse_infer_request = pb.ModelInferRequest.FromString
 
 #: Protocol extensions this server implements (ServerMetadata.extensions).
 EXTENSIONS = (
@@ -166,9 +172,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     # -- inference -----------------------------------------------------------
 
     async def ModelInfer(
-        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: pb.ModelInferRequest | bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> pb.ModelInferResponse:
+        """Registered with no request deserializer (``RAW_REQUEST_METHODS``):
+        the body is parsed here, so a body that is not a message is a clean
+        INVALID_ARGUMENT without a wrapper on the hot path."""
         started = _now()
+        if type(request) is bytes:
+            try:
+                request = _parse_infer_request(request)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    undecodable_message(f"/{SERVICE_NAME}/ModelInfer", str(exc)),
+                )
+        assert isinstance(request, pb.ModelInferRequest)
         try:
             remaining = context.time_remaining()
             deadline = started + remaining if remaining is not None else None
@@ -273,6 +293,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if self.metrics.enabled:
             model, version = self.manager.metric_labels(request.model_name, request.model_version)
             self.metrics.count(model, version, code.name)
+
+
+def undecodable_message(method: str, reason: str) -> str:
+    return f"{method}: the request body is not a valid protobuf message ({reason[:200]})"
 
 
 def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
