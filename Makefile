@@ -8,6 +8,9 @@ ORT    ?= cpu
 MODELS ?= models
 ARGS   ?=
 
+# onnxruntime and onnxruntime-gpu both provide the `onnxruntime` module: the
+# one not chosen is removed before the chosen one is installed.
+OTHER_ORT   := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 SERVE_STAMP := $(VENV)/.installed-serve-$(ORT)
 ALL_STAMP   := $(VENV)/.installed-all-$(ORT)
 
@@ -19,11 +22,13 @@ $(BIN)/python:
 
 # Serving install: no torch.
 $(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip uninstall -y -q $(OTHER_ORT) 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[$(ORT)]'
 	touch $@
 
 # Everything: training (torch==2.13.0, CPU wheel) and the test tools.
 $(ALL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip uninstall -y -q $(OTHER_ORT) 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[$(ORT),train,dev]'
 	touch $@ $(SERVE_STAMP)
 

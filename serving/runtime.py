@@ -61,6 +61,21 @@ class Runtime(Protocol):
         ...
 
 
+def both_onnxruntimes_installed() -> bool:
+    """onnxruntime and onnxruntime-gpu side by side overwrite each other's
+    module files; the result depends on install order."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    found = 0
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            distribution(name)
+            found += 1
+        except PackageNotFoundError:
+            pass
+    return found == 2
+
+
 def _ort() -> Any:
     try:
         import onnxruntime

@@ -30,6 +30,7 @@ from serving.grpc_api.servicer import (
 from serving.http_server import MetricsHttpServer, make_app
 from serving.manager import ModelManager
 from serving.metrics import Metrics
+from serving.runtime import both_onnxruntimes_installed
 from serving.service import InferenceService
 from serving.settings import ServingSettings
 
@@ -101,6 +102,11 @@ class Server:
                 [(_read(s.tls_key, "--tls-key"), _read(s.tls_cert, "--tls-cert"))],
                 root_certificates=ca,
                 require_client_auth=ca is not None,
+            )
+        if both_onnxruntimes_installed():
+            logger.error(
+                "both onnxruntime and onnxruntime-gpu are installed; they provide the same "
+                "module and break each other: pip uninstall one of them"
             )
         try:
             await self.manager.start(self.load_models)
