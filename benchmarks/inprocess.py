@@ -1,0 +1,75 @@
+"""The data plane's Python cost per unary request, without gRPC: 20,000
+``ModelInfer`` calls straight into dlserve's servicer and into the bare
+reference handler, alternating, on ``models/mlp-circle``. CPU time
+(getrusage) per call, so the figure is steady on a busy machine.
+
+    .venv/bin/python -m benchmarks.inprocess            # metrics on
+    .venv/bin/python -m benchmarks.inprocess --no-metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import resource
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvloop
+
+from benchmarks.bare_server import Bare
+from serving._generated import grpc_service_pb2 as pb
+from serving.grpc_api.servicer import InferenceServicer
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.service import InferenceService
+from serving.settings import ServingSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Context:
+    def time_remaining(self) -> None:
+        return None
+
+    async def abort(self, code: Any, message: str) -> None:
+        raise RuntimeError(message)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def main(metrics: bool, calls: int, rounds: int) -> None:
+    settings = ServingSettings(model_repository=ROOT / "models", metrics_enabled=metrics)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    registry = Metrics(enabled=metrics)
+    manager = ModelManager(settings, registry, pool)
+    await manager.start()
+    servicer = InferenceServicer(InferenceService(manager, registry), manager)
+    bare = Bare(ROOT / "models" / "mlp-circle")
+    request = pb.ModelInferRequest(model_name="mlp-circle")
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
+    request.raw_input_contents.append(np.ones((1, 2), np.float32).tobytes())
+    context = _Context()
+    for _ in range(rounds):
+        for name, handler in (("dlserve", servicer.ModelInfer), ("bare", bare.ModelInfer)):
+            for _ in range(500):
+                await handler(request, context)
+            start = _cpu()
+            for _ in range(calls):
+                await handler(request, context)
+            print(f"{name:8} {(_cpu() - start) / calls * 1e6:6.1f} us of CPU per call")
+    await manager.stop()
+    pool.shutdown()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-metrics", action="store_true")
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    uvloop.run(main(not args.no_metrics, args.calls, args.rounds))
