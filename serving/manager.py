@@ -573,9 +573,6 @@ class ModelManager:
                 ready[(name, "")] = versions[-1]
         self._ready = ready
 
-    def default_version(self, name: str) -> LoadedVersion | None:
-        return self._ready.get((name, ""))
-
 
 def _plain_name(name: str) -> bool:
     return bool(name) and len(name) <= MAX_NAME_LENGTH and repository.is_plain_name(name)

@@ -14,7 +14,6 @@ are never versions.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,10 +275,6 @@ def read_labels(source: ModelSource, file_name: str) -> list[str]:
         return path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"cannot read labels {file_name!r}: {exc}") from exc
-
-
-def element_count(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 def is_plain_name(name: str) -> bool:
