@@ -159,9 +159,9 @@ class Server:
         )
         metrics_port = self._http.port if self._http is not None else s.metrics_port
         logger.info(
-            "dlserve serving %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
-            len(ready), ready, f"{s.host}:{port}", s.host, metrics_port,
-            f"; NOT ready: {failed}" if failed else "",
+            "dlserve %s %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
+            "worker serving" if self.worker else "serving", len(ready), ready,
+            f"{s.host}:{port}", s.host, metrics_port, f"; NOT ready: {failed}" if failed else "",
         )  # fmt: skip
         return RunningServer(port, metrics_port)
 
