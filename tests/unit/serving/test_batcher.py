@@ -382,3 +382,38 @@ def test_an_idle_batcher_runs_a_fast_request_within_submit(executor) -> None:
         await delayed.close()
 
     asyncio.run(main())
+
+
+def test_batcher_close_without_drain_answers_the_running_batch() -> None:
+    """The request whose batch is inside the runtime when close(drain=False)
+    comes gets UNAVAILABLE, and a later close returns."""
+    started, release = threading.Event(), threading.Event()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        started.set()
+        release.wait(30)
+        return [feeds["input"]]
+
+    async def scenario() -> tuple[BaseException | None, bool]:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            batcher = DynamicBatcher(run, max_batch_size=4, executor=pool, name="m:1")
+            running = batcher.submit({"input": np.zeros((1, 2), np.float32)}, 1)
+            while not started.is_set():  # the worker takes it into the runtime
+                await asyncio.sleep(0.01)
+            await batcher.close(drain=False)
+            try:
+                await asyncio.wait_for(asyncio.shield(running), 2)
+                error: BaseException | None = None
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                error = exc
+            try:
+                await asyncio.wait_for(batcher.close(drain=True), 2)
+                closes_again = True
+            except TimeoutError:
+                closes_again = False
+            release.set()
+            return error, closes_again
+
+    error, closes_again = asyncio.run(scenario())
+    assert isinstance(error, ShuttingDown), repr(error)
+    assert closes_again
