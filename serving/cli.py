@@ -15,7 +15,8 @@ from dlserve.errors import CliError
 #: serve flags that map 1:1 onto ServingSettings fields (None = not given).
 _SETTINGS_FLAGS = (
     "model_repository", "host", "grpc_port", "metrics_port", "device", "model_control_mode",
-    "repository_poll_secs", "max_message_bytes", "max_queue_size", "inference_threads",
+    "repository_poll_secs", "max_message_bytes", "max_queue_size", "max_queue_bytes",
+    "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
     "tls_key", "tls_client_ca", "log_level", "log_format",
 )  # fmt: skip
@@ -44,6 +45,17 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--max-message-bytes", type=int, metavar="N", help="default 16 MiB")
     p.add_argument("--max-queue-size", type=int, metavar="N", help="queued requests per model")
+    p.add_argument(
+        "--max-queue-bytes", type=int, metavar="N", help="queued tensor bytes per model (256 MiB)"
+    )
+    p.add_argument(
+        "--stream-window", type=int, metavar="N",
+        help="requests of one stream in flight or unsent before reading pauses (64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stream-window-bytes", type=int, metavar="N",
+        help="bytes of one stream's unsent answers before reading pauses (64 MiB)",
+    )  # fmt: skip
     p.add_argument(
         "--workers", type=int, default=1, metavar="N",
         help="server processes sharing the gRPC port (SO_REUSEPORT); default 1",

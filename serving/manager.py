@@ -541,6 +541,7 @@ class ModelManager:
             max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
             preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
             max_queue_size=queue_size,
+            max_queue_bytes=self.settings.max_queue_bytes,
             workers=max(workers, self.settings.inference_threads),
             executor=self.executor,
             on_batch=on_batch,

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.batcher import BatchResult
-from serving.errors import InvalidInput
+from serving.errors import InvalidInput, ResourceExhausted
 from serving.manager import LoadedVersion, ModelManager
 from serving.metrics import Metrics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 
 _now = time.perf_counter
+#: Bytes of a response message left for everything but tensor data.
+RESPONSE_HEADROOM = 4096
 
 
 @dataclass(slots=True)
@@ -38,9 +40,15 @@ class InferenceService:
     prefer a callback on the batcher's future (the stream handler), so a
     request costs no task of its own."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(
+        self, manager: ModelManager, metrics: Metrics, max_response_bytes: int = 0
+    ) -> None:
+        """``max_response_bytes``: answers whose tensor data is within 4 KiB of
+        it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
+        instead of breaking the transport (0: no limit)."""
         self.manager = manager
         self.metrics = metrics
+        self._max_payload = max_response_bytes - RESPONSE_HEADROOM if max_response_bytes else 0
 
     async def infer(
         self, request: InferRequest, started: float, deadline: float | None = None
@@ -86,6 +94,8 @@ class InferenceService:
         result = future.result()
         post_start = _now()
         outputs = self._outputs(loaded, pending.request.outputs, result)
+        if self._max_payload:
+            self._check_size(outputs, pending)
         done = _now()
         total = done - pending.started
         loaded.stats.record_success(
@@ -99,6 +109,22 @@ class InferenceService:
             m.ok.inc()
         request = pending.request
         return InferResponse(request.model_name, loaded.version_str, outputs, request.id)
+
+    def _check_size(self, outputs: tuple[Tensor, ...], pending: Pending) -> None:
+        size = 0
+        for tensor in outputs:
+            data = tensor.data
+            if data.dtype == np.object_:
+                size += sum(4 + len(x) for x in data.flat)
+            else:
+                size += data.nbytes
+        if size > self._max_payload:
+            pending.loaded.stats.record_failure(_now() - pending.started)
+            raise ResourceExhausted(
+                f"the response holds {size} bytes of tensor data, over what "
+                f"--max-message-bytes allows ({self._max_payload + RESPONSE_HEADROOM} bytes "
+                "per message); ask for fewer rows or outputs per request"
+            )
 
     @staticmethod
     def _outputs(

@@ -18,6 +18,22 @@ Device = Literal["auto", "cpu", "cuda"]
 ControlMode = Literal["none", "explicit", "poll"]
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, bounded by a cgroup v2
+    CPU quota (a container limited to 2 CPUs on a 64-core host gets 2)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            count = min(count, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, count)
+
+
 class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SERVING_", use_attribute_docstrings=True, extra="forbid"
@@ -47,14 +63,26 @@ class ServingSettings(BaseSettings):
     repository_poll_secs: float = Field(default=15.0, gt=0)
     """Rescan interval with model_control_mode=poll."""
 
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
-    """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=2**31 - 1)
+    """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED.
+    At most 2**31 - 1: gRPC takes it as a C int."""
 
     max_queue_size: int = Field(default=1024, ge=0)
     """Requests waiting per model version before new ones fail fast (0: unbounded).
     A model's config.pbtxt default_queue_policy.max_queue_size overrides it."""
 
-    inference_threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1)
+    max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Bytes of tensor data waiting per model version before new requests fail
+    fast with UNAVAILABLE (0: unbounded). One request is always admitted."""
+
+    stream_window: int = Field(default=64, ge=1)
+    """Requests of one ModelStreamInfer stream in flight or answered but not yet
+    sent; while a stream is at it, the server reads no more of its requests."""
+
+    stream_window_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    """Bytes of one stream's answers waiting to be sent before reading pauses."""
+
+    inference_threads: int = Field(default_factory=lambda: usable_cpus(), ge=1)
     """Threads running onnxruntime (it releases the GIL): batches in flight per server."""
 
     intra_op_threads: int = Field(default=1, ge=0)

@@ -80,8 +80,13 @@ class Server:
             settings.inference_threads, thread_name_prefix="onnxruntime"
         )
         self.manager = ModelManager(settings, self.metrics, self.executor)
-        self.service = InferenceService(self.manager, self.metrics)
-        self.servicer = InferenceServicer(self.service, self.manager)
+        self.service = InferenceService(
+            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
+        )
+        self.servicer = InferenceServicer(
+            self.service, self.manager, stream_window=settings.stream_window,
+            stream_window_bytes=settings.stream_window_bytes,
+        )  # fmt: skip
         self.health = health.aio.HealthServicer()
         self._grpc: grpc.aio.Server | None = None
         self._http: MetricsHttpServer | None = None

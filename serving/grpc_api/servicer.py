@@ -4,6 +4,7 @@ encode. Errors become statuses through ``status.status_of`` only."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import time
@@ -24,6 +25,7 @@ from serving.service import InferenceService, Pending
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter
+_CANCELLED, _INTERNAL = grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 #: Methods whose handlers take the raw request bytes and parse them themselves.
@@ -63,9 +65,18 @@ def _rpc(method: Handler[T]) -> Handler[T]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, manager: ModelManager) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        manager: ModelManager,
+        *,
+        stream_window: int = 64,
+        stream_window_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.service = service
         self.manager = manager
+        self._window = stream_window
+        self._window_bytes = stream_window_bytes
         self.metrics = service.metrics
         self.ready = False
 
@@ -196,14 +207,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return codec.encode_response(response)
         except ServingError as exc:
             code = status_of(exc)
-            self._count_failure(request, code)
+            self._count_failure(request.model_name, request.model_version, code)
             await context.abort(code, exc.message)
         except asyncio.CancelledError:
-            self._count_failure(request, grpc.StatusCode.CANCELLED)
+            self._count_failure(request.model_name, request.model_version, _CANCELLED)
             raise
         except Exception:
             logger.exception("ModelInfer failed")
-            self._count_failure(request, grpc.StatusCode.INTERNAL)
+            self._count_failure(request.model_name, request.model_version, _INTERNAL)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -215,60 +226,96 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Bidirectional stream: requests run concurrently, answers go back as
         they finish; a failed request is answered with ``error_message`` and the
         stream stays open. Each request is validated and queued as it is read,
-        and answered from a callback on its batcher future: no task per request."""
-        out: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        and answered from a callback on its batcher future: no task per request.
+
+        Backpressure: at most ``stream_window`` requests are read and not yet
+        sent (in flight or answered and waiting), and at most
+        ``stream_window_bytes`` of answers wait; past either the server stops
+        reading, so a client that never reads holds a bounded amount."""
+        out: collections.deque[tuple[pb.ModelStreamInferResponse, int]] = collections.deque()
+        ready = asyncio.Event()  # out has an item, or the stream is finished
+        room = asyncio.Event()  # under both windows again
+        room.set()
         service = self.service
-        in_flight = 0
+        window, window_bytes = self._window, self._window_bytes
+        unsent = 0  # read and not yet yielded
+        unsent_bytes = 0
         reading = True
 
-        def answer(item: pb.ModelStreamInferResponse | None) -> None:
-            nonlocal in_flight
-            in_flight -= 1
-            if item is not None:
-                out.put_nowait(item)
-            if not reading and in_flight == 0:
-                out.put_nowait(None)  # every request answered: end the stream
+        def answer(item: pb.ModelStreamInferResponse | None, nbytes: int = 0) -> None:
+            nonlocal unsent, unsent_bytes
+            if item is None:  # no answer will be sent for this request
+                unsent -= 1
+            else:
+                unsent_bytes += nbytes
+                out.append((item, nbytes))
+            ready.set()
 
-        def fail(request: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
+        def fail(head: tuple[str, str, str], exc: Exception) -> pb.ModelStreamInferResponse:
             if isinstance(exc, ServingError):
-                self._count_failure(request, status_of(exc))
-                return _stream_error(request, exc.message)
+                self._count_failure(head[0], head[1], status_of(exc))
+                return _stream_error(head, exc.message)
             logger.error("ModelStreamInfer request failed", exc_info=exc)
-            self._count_failure(request, grpc.StatusCode.INTERNAL)
-            return _stream_error(request, "internal error (see the server log)")
+            self._count_failure(head[0], head[1], grpc.StatusCode.INTERNAL)
+            return _stream_error(head, "internal error (see the server log)")
 
-        def done(pending: Pending, request: pb.ModelInferRequest) -> None:
+        def done(pending: Pending, head: tuple[str, str, str]) -> None:
             try:
                 response = codec.encode_response(service.finish(pending))
             except asyncio.CancelledError:
                 answer(None)  # the stream is gone
+                return
             except Exception as exc:
-                answer(fail(request, exc))
-            else:
-                answer(pb.ModelStreamInferResponse(infer_response=response))
+                answer(fail(head, exc))
+                return
+            size = 0
+            for content in response.raw_output_contents:
+                size += len(content)
+            answer(pb.ModelStreamInferResponse(infer_response=response), size)
 
         async def read() -> None:
-            nonlocal in_flight, reading
+            nonlocal unsent, reading
+            iterator = request_iterator.__aiter__()
             try:
-                async for request in request_iterator:
-                    in_flight += 1
+                while True:
+                    while unsent >= window or unsent_bytes >= window_bytes:
+                        room.clear()
+                        await room.wait()
+                    try:
+                        request = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    unsent += 1
+                    # Keep only what an answer needs, never the whole message.
+                    head = (request.model_name, request.model_version, request.id)
                     try:
                         pending = service.begin(codec.decode_request(request), _now())
                     except Exception as exc:
-                        answer(fail(request, exc))
+                        answer(fail(head, exc))
                         continue
+                    del request
                     pending.future.add_done_callback(
-                        lambda _, p=pending, r=request: done(p, r)  # type: ignore[misc]
+                        lambda _, p=pending, h=head: done(p, h)  # type: ignore[misc]
                     )
             finally:
                 reading = False
-                if in_flight == 0:
-                    out.put_nowait(None)
+                ready.set()
 
         reader = asyncio.ensure_future(read())
         try:
-            while (item := await out.get()) is not None:
-                yield item
+            while True:
+                if out:
+                    item, nbytes = out.popleft()
+                    yield item
+                    unsent -= 1
+                    unsent_bytes -= nbytes
+                    if unsent < window and unsent_bytes < window_bytes:
+                        room.set()
+                    continue
+                if not reading and unsent == 0:
+                    break  # every request read was answered
+                ready.clear()
+                await ready.wait()
         finally:
             reader.cancel()
 
@@ -289,9 +336,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
     TraceSetting = LogSettings = _unimplemented
 
-    def _count_failure(self, request: pb.ModelInferRequest, code: grpc.StatusCode) -> None:
+    def _count_failure(self, model_name: str, model_version: str, code: grpc.StatusCode) -> None:
         if self.metrics.enabled:
-            model, version = self.manager.metric_labels(request.model_name, request.model_version)
+            model, version = self.manager.metric_labels(model_name, model_version)
             self.metrics.count(model, version, code.name)
 
 
@@ -299,13 +346,15 @@ def undecodable_message(method: str, reason: str) -> str:
     return f"{method}: the request body is not a valid protobuf message ({reason[:200]})"
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+def _stream_error(head: tuple[str, str, str], message: str) -> pb.ModelStreamInferResponse:
+    model_name, model_version, request_id = head
     return pb.ModelStreamInferResponse(
         error_message=message,
         infer_response=pb.ModelInferResponse(
-            model_name=request.model_name, model_version=request.model_version, id=request.id
+            model_name=model_name, model_version=model_version, id=request_id
         ),
     )
+
 
 
 def _duration(d: Any) -> pb.StatisticDuration:
