@@ -9,15 +9,25 @@ checks a config against the ONNX graph, or builds it from the graph when the
 folder has none (Triton's auto-complete). Folder entries that are not
 all-digit (``.dlserve-tmp-*`` from an export in progress, reports, notes)
 are never versions.
+
+Reading the repository never blocks and never lets one odd entry break a
+scan: names that are not valid UTF-8 (or not plain names) are skipped with
+one warning each, and files are read only when they are regular files
+(``open_regular``: a FIFO, device or folder named as a config or label file
+is an error with a reason, never an open that waits for a writer), up to
+``MAX_TEXT_FILE_BYTES`` for text files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 from google.protobuf import text_format
 
@@ -35,6 +45,12 @@ BACKEND = "onnxruntime"
 AUTOCOMPLETE_MAX_BATCH_SIZE = 4
 
 _VERSION_RE = re.compile(r"^[0-9]{1,18}$")
+
+#: The most a config.pbtxt or label file may hold.
+MAX_TEXT_FILE_BYTES = 16 * 1024 * 1024
+#: Names already warned about, so a poll does not repeat the warning (bounded).
+_warned: set[str] = set()
+_MAX_WARNED = 1024
 
 #: config DataType enum name <-> KServe V2 datatype name.
 DATATYPE_BY_CONFIG = {
@@ -76,6 +92,10 @@ class ModelSource:
     config_error: str | None = None
     #: Version number -> model file, for every version folder holding one.
     versions: dict[int, Path] = field(default_factory=dict)
+    #: blake2b of the config.pbtxt bytes ``config`` was parsed from (None
+    #: when there is no file or it could not be read), so a change check
+    #: describes the very bytes the scan saw.
+    config_bytes_digest: str | None = None
 
     @property
     def model_file_name(self) -> str:
@@ -91,47 +111,171 @@ def safe_file_name(name: str, what: str) -> str:
     return name
 
 
-def read_config(path: Path) -> mc.ModelConfig:
-    """Parse a config.pbtxt; raise ModelLoadError with the parser's message."""
+def _kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+    ):  # fmt: skip
+        if test(mode):
+            return kind
+    return "of an unknown type"
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def open_regular(path: Path, what: str) -> tuple[BinaryIO, os.stat_result]:
+    """Open ``path`` for reading only if it is a regular file (after
+    symlinks), with its fstat. Anything else raises ModelLoadError
+    ``cannot read <what>: ...`` without ever waiting: the type is checked
+    before the open, and the open is non-blocking in case a FIFO was swapped
+    in between (then the fstat refuses it)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+        st = os.stat(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what}: {_os_reason(exc)}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelLoadError(f"cannot read {what}: it is {_kind(st.st_mode)}, not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {what}: {_os_reason(exc)}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelLoadError(
+                f"cannot read {what}: it is {_kind(st.st_mode)}, not a regular file"
+            )
+        return os.fdopen(fd, "rb"), st
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: Path, what: str, limit: int = MAX_TEXT_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see open_regular)."""
+    file, st = open_regular(path, what)
+    with file:
+        if st.st_size > limit:
+            raise ModelLoadError(
+                f"cannot read {what}: {st.st_size} bytes is over the limit of {limit} bytes"
+            )
+        try:
+            data = file.read(limit + 1)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read {what}: {_os_reason(exc)}") from exc
+    if len(data) > limit:  # it grew while being read
+        raise ModelLoadError(f"cannot read {what}: over the limit of {limit} bytes")
+    return data
+
+
+def digest_bytes(data: bytes) -> str:
+    """The content digest used for change checks (blake2b, hex)."""
+    return hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+def _parse_config(data: bytes, file_name: str) -> mc.ModelConfig:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"cannot read {file_name}: not UTF-8 text ({exc})") from exc
     try:
         return text_format.Parse(text, mc.ModelConfig())
     except text_format.ParseError as exc:
-        raise ModelLoadError(f"{path.name} is not a valid ModelConfig: {exc}") from exc
+        raise ModelLoadError(f"{file_name} is not a valid ModelConfig: {exc}") from exc
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt; raise ModelLoadError with the parser's message."""
+    return _parse_config(read_regular_file(path, path.name), path.name)
+
+
+def name_problem(name: str) -> str | None:
+    """Why a folder or file name from a listing cannot be a model name, or
+    None. A model name travels to protobuf strings, metric labels, logs and
+    URLs, so it must be valid UTF-8 (``os.fsdecode`` turns other bytes into
+    surrogates), a plain name, and free of control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "its name has control characters"
+    if not is_plain_name(name):
+        return "its name is not a plain name"
+    return None
+
+
+def _warn_skipped(path: Path, what: str, problem: str) -> None:
+    """Warn once per path (bounded), not on every poll."""
+    key = f"{what}\0{path}"
+    if key in _warned:
+        return
+    if len(_warned) < _MAX_WARNED:
+        _warned.add(key)
+    logger.warning("skipping %s %a: %s", what, str(path), problem)
 
 
 def scan_model(path: Path) -> ModelSource:
     source = ModelSource(name=path.name, path=path)
     config_path = path / CONFIG_FILE
-    if config_path.is_file():
+    # A config.pbtxt that is a dangling link, a FIFO or a folder is an error
+    # with a reason, not "no config".
+    if os.path.lexists(config_path):
         try:
-            source.config = read_config(config_path)
+            data = read_regular_file(config_path, CONFIG_FILE)
+            source.config_bytes_digest = digest_bytes(data)
+            source.config = _parse_config(data, CONFIG_FILE)
         except ModelLoadError as exc:
             source.config_error = exc.message
     file_name = source.model_file_name
     try:
         entries = list(path.iterdir())
     except OSError as exc:
-        source.config_error = source.config_error or f"cannot list {path}: {exc}"
+        source.config_error = source.config_error or f"cannot list {path.name}: {_os_reason(exc)}"
         return source
     for entry in entries:
-        if not _VERSION_RE.match(entry.name) or not entry.is_dir():
+        if entry.name.startswith("."):
+            continue  # an export or a copy in progress
+        problem = name_problem(entry.name)
+        if problem is not None:
+            _warn_skipped(entry, "entry", problem)
+            continue
+        if not _VERSION_RE.match(entry.name) or not _is_dir(entry):
             continue
         version = int(entry.name)
         model_file = entry / file_name
-        if version > 0 and model_file.is_file():
+        if version > 0 and _is_regular(model_file):
             source.versions[version] = model_file
     return source
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def scan(root: Path) -> dict[str, ModelSource]:
-    """Every model folder under ``root`` (hidden folders skipped)."""
+    """Every model folder under ``root``: hidden folders are skipped, and so
+    are folders with a ``name_problem`` (one warning each)."""
     sources: dict[str, ModelSource] = {}
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if entry.name.startswith(".") or not _is_dir(entry):
+            continue
+        problem = name_problem(entry.name)
+        if problem is not None:
+            _warn_skipped(entry, "model folder", problem)
             continue
         sources[entry.name] = scan_model(entry)
     return sources
@@ -270,11 +414,14 @@ def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip) -
 
 
 def read_labels(source: ModelSource, file_name: str) -> list[str]:
-    path = source.path / safe_file_name(file_name, "label_filename")
+    """The lines of a label file in the model folder: a regular file of
+    UTF-8 text, at most MAX_TEXT_FILE_BYTES (never blocks, see open_regular)."""
+    what = f"labels {file_name!r}"
+    data = read_regular_file(source.path / safe_file_name(file_name, "label_filename"), what)
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"cannot read labels {file_name!r}: {exc}") from exc
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ModelLoadError(f"cannot read {what}: not UTF-8 text ({exc})") from exc
 
 
 def is_plain_name(name: str) -> bool:

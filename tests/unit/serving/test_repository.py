@@ -1,10 +1,16 @@
 """serving.repository without a server: scanning Triton's layout, version
 policies, and completing/checking a config against the ONNX graph's
-signature (given as TensorInfo, as the runtime reports it)."""
+signature (given as TensorInfo, as the runtime reports it). Odd entries
+(names that are not UTF-8, FIFOs, devices, huge files) never break a scan
+or block a read."""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 from google.protobuf import text_format
@@ -12,13 +18,16 @@ from google.protobuf import text_format
 from serving._generated import model_config_pb2 as mc
 from serving.errors import ModelLoadError
 from serving.repository import (
+    MAX_TEXT_FILE_BYTES,
     ModelSource,
     complete_config,
     is_plain_name,
+    name_problem,
     read_config,
     read_labels,
     safe_file_name,
     scan,
+    scan_model,
     select_versions,
 )
 from serving.runtime import TensorInfo
@@ -299,3 +308,131 @@ def test_label_paths_cannot_leave_the_model_folder(tmp_path: Path, name: str) ->
 )  # fmt: skip
 def test_is_plain_name(name: str, plain: bool) -> None:
     assert is_plain_name(name) is plain
+
+
+# --- odd entries: names, FIFOs, devices, sizes ---------------------------------------------
+
+T = TypeVar("T")
+
+
+def promptly(fn: Callable[[], T], fifo: Path, timeout: float = 10.0) -> T | Exception:
+    """``fn()``'s result or exception, from a thread; if it is still blocked
+    after ``timeout``, unblock it (open the FIFO's other end) and fail."""
+    result: list[T | Exception] = []
+
+    def run() -> None:
+        try:
+            result.append(fn())
+        except Exception as exc:  # handed to the test
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
+        thread.join(timeout)
+        pytest.fail(f"blocked on the FIFO {fifo.name} for {timeout}s")
+    return result[0]
+
+
+def bytes_path(path: Path, name: bytes) -> bytes:
+    return os.fsencode(path) + b"/" + name
+
+
+def test_scan_skips_folders_whose_name_is_not_utf8_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    touch(tmp_path / "good" / "1" / "model.onnx")
+    os.makedirs(bytes_path(tmp_path, b"bad\xff/1"))
+    with open(bytes_path(tmp_path, b"bad\xff/1/model.onnx"), "wb") as f:
+        f.write(b"x")
+    os.mkdir(bytes_path(tmp_path, b"ctl\nname"))
+    with caplog.at_level(logging.WARNING, logger="serving.repository"):
+        assert sorted(scan(tmp_path)) == ["good"]
+        assert sorted(scan(tmp_path)) == ["good"]  # the next poll
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings  # one per odd folder, not one per scan
+    assert any("not valid UTF-8" in w and "bad\\udcff" in w for w in warnings), warnings
+    assert any("control characters" in w for w in warnings), warnings
+
+
+def test_scan_model_ignores_odd_names_inside_the_folder(tmp_path: Path) -> None:
+    touch(tmp_path / "m" / "1" / "model.onnx")
+    touch(tmp_path / "m" / "config.pbtxt", "max_batch_size: 2\n")
+    with open(bytes_path(tmp_path, b"m/notes\xff.txt"), "wb") as f:
+        f.write(b"notes")
+    os.makedirs(bytes_path(tmp_path, b"m/2\xff"))
+    found = scan(tmp_path)["m"]
+    assert sorted(found.versions) == [1] and found.config_error is None
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("clf", None), ("a b-c_d.e", None), ("bad\udcff", "not valid UTF-8"),
+     ("a\nb", "control characters"), ("a\x7fb", "control characters"),
+     ("a\\b", "not a plain name")],
+)  # fmt: skip
+def test_name_problem(name: str, problem: str | None) -> None:
+    got = name_problem(name)
+    assert got == problem if problem is None else (got is not None and problem in got)
+
+
+def test_scan_model_records_the_digest_of_the_config_it_parsed(tmp_path: Path) -> None:
+    config = touch(tmp_path / "m" / "config.pbtxt", "max_batch_size: 2\n")
+    first = scan_model(tmp_path / "m").config_bytes_digest
+    assert first is not None and first == scan_model(tmp_path / "m").config_bytes_digest
+    config.write_text("max_batch_size: 3\n")
+    assert scan_model(tmp_path / "m").config_bytes_digest not in (None, first)
+    config.unlink()
+    assert scan_model(tmp_path / "m").config_bytes_digest is None
+
+
+def test_label_file_that_is_a_fifo_fails_promptly(tmp_path: Path) -> None:
+    fifo = tmp_path / "labels.txt"
+    os.mkfifo(fifo)
+    got = promptly(lambda: read_labels(ModelSource("m", tmp_path), "labels.txt"), fifo)
+    assert isinstance(got, ModelLoadError), got
+    assert got.message == "cannot read labels 'labels.txt': it is a FIFO, not a regular file"
+
+
+def test_config_that_is_a_fifo_is_a_config_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "m" / "config.pbtxt"
+    touch(tmp_path / "m" / "1" / "model.onnx")
+    os.mkfifo(fifo)
+    found = promptly(lambda: scan(tmp_path)["m"], fifo)
+    assert isinstance(found, ModelSource), found
+    assert found.config_error == "cannot read config.pbtxt: it is a FIFO, not a regular file"
+
+
+def test_label_file_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    (tmp_path / "folder.txt").mkdir()
+    os.symlink("/dev/null", tmp_path / "null.txt")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling.txt")
+    src = ModelSource("m", tmp_path)
+    with pytest.raises(ModelLoadError, match="'folder.txt': it is a folder, not a regular file"):
+        read_labels(src, "folder.txt")
+    with pytest.raises(ModelLoadError, match="it is a character device, not a regular file"):
+        read_labels(src, "null.txt")
+    with pytest.raises(ModelLoadError, match="'dangling.txt': No such file or directory"):
+        read_labels(src, "dangling.txt")
+
+
+def test_label_file_size_is_capped(tmp_path: Path) -> None:
+    big = tmp_path / "labels.txt"
+    with open(big, "wb") as f:
+        f.truncate(MAX_TEXT_FILE_BYTES + 1)  # sparse: nothing is written
+    with pytest.raises(ModelLoadError, match="over the limit of 16777216 bytes"):
+        read_labels(ModelSource("m", tmp_path), "labels.txt")
+
+
+def test_label_file_that_is_not_utf8(tmp_path: Path) -> None:
+    (tmp_path / "labels.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(ModelLoadError, match="cannot read labels 'labels.txt': not UTF-8 text"):
+        read_labels(ModelSource("m", tmp_path), "labels.txt")
+
+
+def test_symlinked_label_file_is_followed(tmp_path: Path) -> None:
+    touch(tmp_path / "shared" / "labels.txt", "cat\ndog\n")
+    os.symlink(tmp_path / "shared" / "labels.txt", tmp_path / "labels.txt")
+    assert read_labels(ModelSource("m", tmp_path), "labels.txt") == ["cat", "dog"]
