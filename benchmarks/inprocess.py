@@ -10,7 +10,6 @@ reference handler, alternating, on ``models/mlp-circle``. CPU time
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import resource
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ import uvloop
 
 from benchmarks.bare_server import Bare
 from serving._generated import grpc_service_pb2 as pb
+from serving.app import App
 from serving.grpc_api.servicer import InferenceServicer
-from serving.manager import ModelManager
-from serving.metrics import Metrics
-from serving.service import InferenceService
 from serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,12 +40,12 @@ def _cpu() -> float:
 
 
 async def main(metrics: bool, calls: int, rounds: int) -> None:
-    settings = ServingSettings(model_repository=ROOT / "models", metrics_enabled=metrics)
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    registry = Metrics(enabled=metrics)
-    manager = ModelManager(settings, registry, pool)
-    await manager.start()
-    servicer = InferenceServicer(InferenceService(manager, registry), manager)
+    settings = ServingSettings(
+        model_repository=ROOT / "models", metrics_enabled=metrics, inference_threads=2
+    )
+    app = App(settings)
+    await app.manager.start()
+    servicer = InferenceServicer(app.service)
     bare = Bare(ROOT / "models" / "mlp-circle")
     request = pb.ModelInferRequest(model_name="mlp-circle")
     request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
@@ -62,8 +59,8 @@ async def main(metrics: bool, calls: int, rounds: int) -> None:
             for _ in range(calls):
                 await handler(request, context)
             print(f"{name:8} {(_cpu() - start) / calls * 1e6:6.1f} us of CPU per call")
-    await manager.stop()
-    pool.shutdown()
+    await app.manager.stop()
+    app.executor.shutdown()
 
 
 if __name__ == "__main__":

@@ -174,6 +174,11 @@ class DynamicBatcher:
         return len(self._queue)
 
     @property
+    def name(self) -> str:
+        """model:version, for logs."""
+        return self._name
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes of tensor data the queued requests hold."""
         return self._queued_bytes
@@ -238,6 +243,11 @@ class DynamicBatcher:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        # A cancelled task keeps its CancelledError, whose traceback holds the
+        # worker's frame and so this batcher and its runtime: drop them, so a
+        # retired session is freed at once, not at the next cyclic GC.
+        self._workers = []
+        self._sleepers.clear()
         while self._queue:
             job = self._queue.popleft()
             if not job.future.done():

@@ -1,8 +1,10 @@
 """The serving error hierarchy.
 
-Core modules raise these; only ``serving.grpc_api.status`` maps them to gRPC
-status codes (resolved along the MRO, so a subclass inherits its parent's
-code). ``message`` is always safe to return to a client.
+Core modules raise these; ``code_name`` gives each its status code name
+(gRPC's names, which the metrics' ``code`` label uses for every transport),
+resolved along the MRO, so a subclass inherits its parent's code. Each
+transport maps a code name to its own status once (``grpc_api.status``).
+``message`` is always safe to return to a client.
 
     ServingError
     ├── InvalidInput            INVALID_ARGUMENT  bad name, datatype, shape, bytes, batch
@@ -83,3 +85,38 @@ class ModelLoadError(ServingError):
 
 class InferenceFailed(ServingError):
     """The runtime failed on a request that passed validation."""
+
+
+#: The single error -> status code name table (gRPC's code names).
+CODE_BY_ERROR: dict[type[ServingError], str] = {
+    ServingError: "INTERNAL",
+    InvalidInput: "INVALID_ARGUMENT",
+    ModelNotFound: "NOT_FOUND",
+    Unavailable: "UNAVAILABLE",
+    ResourceExhausted: "RESOURCE_EXHAUSTED",
+    Unauthenticated: "UNAUTHENTICATED",
+    FailedPrecondition: "FAILED_PRECONDITION",
+    Unimplemented: "UNIMPLEMENTED",
+    ModelLoadError: "INVALID_ARGUMENT",
+    InferenceFailed: "INTERNAL",
+}
+
+_resolved: dict[type[BaseException], str] = {}
+
+
+def code_name(exc: BaseException) -> str:
+    """The status code name of an exception: its ServingError class's row
+    (or its nearest parent's), CANCELLED for a cancellation, else INTERNAL."""
+    cls = type(exc)
+    code = _resolved.get(cls)
+    if code is None:
+        code = "INTERNAL"
+        if cls.__name__ == "CancelledError":
+            code = "CANCELLED"
+        for parent in cls.__mro__:
+            row = CODE_BY_ERROR.get(parent)
+            if row is not None:
+                code = row
+                break
+        _resolved[cls] = code
+    return code

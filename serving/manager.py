@@ -1,192 +1,110 @@
-"""The models being served: loading, readiness, versions, and repository
-control (none / explicit / poll).
+"""The models being served: reconciling the repository on disk with what is
+loaded (modes none / explicit / poll), and every version's lifecycle
+(load, replace, unload, drain).
 
-Every state change happens on the event loop; the slow part of a load
-(creating the onnxruntime session, the warm-up run) runs in a thread. The
-request path reads one dict (``_ready``) keyed by (model, version string).
+Every state change happens on the event loop under one lock; the slow part
+of a load runs in a thread (``VersionLoader.prepare``). The request path
+never comes here: it reads ``table`` (``versions.ReadyTable``), which this
+manager rebuilds on every change. Callers read the models through views
+(``index``, ``model_view``, ``serving``), never its dicts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import hashlib
 import logging
-import time
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
-
-import numpy as np
+from typing import Any, Callable, Iterable, TypeVar
 
 from serving import repository
-from serving._generated import model_config_pb2 as mc
-from serving.batcher import DynamicBatcher
-from serving.errors import (
-    FailedPrecondition,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    ServingError,
-    ShuttingDown,
-)
-from serving.metrics import Metrics, VersionMetrics
-from serving.runtime import OnnxRuntime
+from serving.changes import ChangeTracker
+from serving.errors import FailedPrecondition, ModelLoadError, ModelNotFound, ServingError
+from serving.loader import VersionLoader
+from serving.metrics import Metrics
 from serving.settings import ServingSettings
-from serving.stats import VersionStats
-from serving.tensors import DTYPE_BY_DATATYPE
-from serving.validation import ModelSignature, OutputSpec, TensorSpec
+from serving.versions import (
+    MAX_NAME_LENGTH,
+    LoadedVersion,
+    ModelEntry,
+    ReadyTable,
+    VersionState,
+    VersionStatus,
+)
 
 logger = logging.getLogger(__name__)
 
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-UNLOADING = "UNLOADING"
-
-#: Longest model name accepted from a request; longer ones are unknown.
-MAX_NAME_LENGTH = 256
+READY, UNAVAILABLE = VersionState.READY, VersionState.UNAVAILABLE
+LOADING, UNLOADING = VersionState.LOADING, VersionState.UNLOADING
 
 
-@dataclass
-class LoadedVersion:
-    """One model version that is serving, with everything the request path needs."""
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of RepositoryIndex: a model with no version, or one version."""
 
-    model: str
-    version: int
-    version_str: str
-    config: mc.ModelConfig
-    runtime: OnnxRuntime
-    signature: ModelSignature
-    batcher: DynamicBatcher
-    metrics: VersionMetrics | None
-    stats: VersionStats
-    #: Output name -> index in the runtime's outputs.
-    output_index: dict[str, int]
-    fingerprint: tuple[int, int]
-
-
-@dataclass
-class VersionStatus:
-    version: int
-    state: str
-    reason: str = ""
-    loaded: LoadedVersion | None = None
-    fingerprint: tuple[int, int] | None = None
-    #: The file (mtime, size) that last failed to load: not retried until it
-    #: changes or the config does.
-    failed_fingerprint: tuple[int, int] | None = None
-
-
-@dataclass
-class ModelEntry:
     name: str
-    path: Path
-    versions: dict[int, VersionStatus] = field(default_factory=dict)
-    #: Why the model as a whole cannot load (bad config, no versions).
-    reason: str = ""
-    config_digest: str = ""
-    #: True once it was loaded (explicit mode: until unloaded).
-    wanted: bool = True
-
-    def ready_versions(self) -> list[LoadedVersion]:
-        return [
-            s.loaded
-            for _, s in sorted(self.versions.items())
-            if s.state == READY and s.loaded is not None
-        ]
+    version: str
+    state: str
+    reason: str
 
 
 class ModelManager:
-    def __init__(
-        self,
-        settings: ServingSettings,
-        metrics: Metrics,
-        executor: concurrent.futures.Executor,
-    ) -> None:
+    def __init__(self, settings: ServingSettings, loader: VersionLoader, metrics: Metrics) -> None:
         self.settings = settings
         self.root = settings.model_repository
+        self.loader = loader
         self.metrics = metrics
-        self.executor = executor
-        self.models: dict[str, ModelEntry] = {}
-        self._ready: dict[tuple[str, str], LoadedVersion] = {}
+        self._models: dict[str, ModelEntry] = {}
+        self.table = ReadyTable(self._models)
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
-        #: Set by ``drain``: every new request is refused with UNAVAILABLE.
-        self._draining = False
-        #: time.monotonic() of the last request refused while draining.
-        self.last_refusal = 0.0
+        #: What changed on disk since the last look: stat first, digests only of changed files.
+        self._changes = ChangeTracker()
+        #: Loads in flight (their threads cannot be interrupted): drain stops waiting for them.
+        self._stopping = False
 
-    # -- request path --------------------------------------------------------
+    # -- views ---------------------------------------------------------------
 
-    def get(self, name: str, version: str = "") -> LoadedVersion:
-        loaded = self._ready.get((name, version))
-        if loaded is not None:
-            return loaded
-        return self._explain(name, version)
+    def index(self, ready_only: bool = False) -> list[IndexEntry]:
+        rows = []
+        for name, entry in sorted(self._models.items()):
+            if not entry.versions:
+                if not ready_only:
+                    rows.append(IndexEntry(name, "", UNAVAILABLE.value, entry.reason))
+                continue
+            for version, status in sorted(entry.versions.items()):
+                if ready_only and status.state is not READY:
+                    continue
+                rows.append(IndexEntry(name, str(version), status.state.value,
+                                       status.reason or entry.reason))  # fmt: skip
+        return rows
 
-    def _explain(self, name: str, version: str) -> LoadedVersion:
-        if self._draining:
-            self.last_refusal = time.monotonic()
-            raise ShuttingDown("the server is shutting down; retry on another replica")
-        entry = self.models.get(name) if len(name) <= MAX_NAME_LENGTH else None
-        if entry is None:
-            raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
-        if version:
-            # ASCII digits only: str.isdigit() and int() also accept other
-            # scripts' digits ("１"), which are no version folder name.
-            if not (version.isascii() and version.isdigit()) or len(version) > 18:
-                raise ModelNotFound(
-                    f"model '{name}' has no version '{version[:32]}': "
-                    "versions are positive integers"
-                )
-            status = entry.versions.get(int(version))
-            if status is None:
-                raise ModelNotFound(
-                    f"model '{name}' has no version {version}; "
-                    f"versions: {sorted(entry.versions) or 'none'}"
-                )
-            if status.state == READY and status.loaded is not None:
-                return status.loaded  # the same number written differently ("01")
-            raise ModelNotReady(
-                f"model '{name}' version {version} is not ready ({status.state.lower()}"
-                + (f": {status.reason}" if status.reason else "")
-                + ")"
-            )
-        reasons = entry.reason or "; ".join(
-            f"version {v}: {s.reason or s.state.lower()}" for v, s in sorted(entry.versions.items())
-        )
-        raise ModelNotReady(f"model '{name}' is not ready ({reasons or 'not loaded'})")
-
-    def metric_labels(self, name: str, version: str) -> tuple[str, str]:
-        """Labels for a failed request: bounded to known models and versions."""
-        entry = self.models.get(name)
-        if entry is None:
-            return "", ""
-        if (
-            version.isascii() and version.isdigit() and len(version) <= 18
-            and int(version) in entry.versions
-        ):  # fmt: skip
-            return name, str(int(version))
-        if not version:  # the version the request would have run on
-            default = self._ready.get((name, ""))
-            if default is not None:
-                return name, default.version_str
-        return name, ""
-
-    def is_ready(self, name: str, version: str = "") -> bool:
-        return (name, version) in self._ready
-
-    def ready_keys(self) -> Iterable[tuple[str, str]]:
-        return self._ready.keys()
-
-    def entry(self, name: str) -> ModelEntry:
-        entry = self.models.get(name) if len(name) <= MAX_NAME_LENGTH else None
+    def model_view(self, name: str) -> ModelEntry:
+        entry = self._models.get(name) if len(name) <= MAX_NAME_LENGTH else None
         if entry is None:
             raise ModelNotFound(f"unknown model '{name[:MAX_NAME_LENGTH]}'")
         return entry
 
-    # -- loading -------------------------------------------------------------
+    def serving(self, name: str = "") -> list[LoadedVersion]:
+        """The ready versions of one model, or of every model, by name and version."""
+        if name:
+            entry = self._models.get(name)
+            return entry.ready_versions() if entry is not None else []
+        return [v for n in sorted(self._models) for v in self._models[n].ready_versions()]
+
+    def not_ready(self) -> list[str]:
+        return sorted(n for n, e in self._models.items() if not e.ready_versions())
+
+    def known_versions(self, name: str) -> frozenset[int] | None:
+        entry = self._models.get(name)
+        return None if entry is None else frozenset(entry.versions)
+
+    def default_version(self, name: str) -> str:
+        loaded = self.table.lookup(name)
+        return loaded.version_str if loaded is not None else ""
+
+    # -- lifecycle -----------------------------------------------------------
 
     async def start(self, load: Iterable[str] | None = None) -> None:
         """Load the repository: everything (modes none and poll) or the named
@@ -198,19 +116,17 @@ class ModelManager:
         if mode == "explicit":
             requested = set(load or ())
             names = None if "*" in requested else requested
-        await self.sync(only=names, add_missing=True)
+        await self.sync(only=names)
         if mode == "explicit" and names:
-            unknown = names.difference(self.models)
+            unknown = names.difference(self._models)
             if unknown:
                 raise ModelLoadError(f"--load-model names unknown model(s) {sorted(unknown)}")
         if mode == "explicit":
             # The index lists every model in the repository, loaded or not.
-            sources = await asyncio.get_running_loop().run_in_executor(
-                None, repository.scan, self.root
-            )
+            sources = await self._scan()
             for name, source in sources.items():
-                if name not in self.models:
-                    self.models[name] = ModelEntry(
+                if name not in self._models:
+                    self._models[name] = ModelEntry(
                         name, source.path, reason="not loaded (RepositoryModelLoad loads it)",
                         wanted=False,
                     )  # fmt: skip
@@ -221,40 +137,41 @@ class ModelManager:
         """Stop taking requests (new ones get UNAVAILABLE, ModelReady is
         false) and wait until every queued and running one has finished.
         After ``timeout`` seconds what is still queued is failed with
-        UNAVAILABLE. Returns whether everything finished in time."""
+        UNAVAILABLE. Returns whether everything finished in time. A load in
+        progress is not waited for: its version never starts serving."""
+        self._stopping = True
+        self.table.draining = True
+        self.table.rebuild()  # the request path now always refuses
         await self._stop_polling()
-        async with self._lock:  # no load or unload half-way
-            self._draining = True
-            self._ready = {}  # the request path now always goes to _explain
-            serving = [
-                (entry, status)
-                for entry in self.models.values()
-                for status in entry.versions.values()
-                if status.loaded is not None
-            ]
-            # Requests take their version and queue in one step on the event
-            # loop, so from here on the batchers only shrink.
-            closing = {
-                asyncio.ensure_future(status.loaded.batcher.close(drain=True)): (entry, status)
-                for entry, status in serving
-                if status.loaded is not None
-            }
-            done, late = await asyncio.wait(closing, timeout=timeout) if closing else ((), ())
-            for task in late:
-                task.cancel()
-                entry, status = closing[task]
-                assert status.loaded is not None
-                logger.warning("model %s:%d did not drain in time; failing what is queued",
-                               entry.name, status.version)  # fmt: skip
-                await status.loaded.batcher.close(drain=False)
-            for entry, status in serving:
-                loaded = status.loaded
-                assert loaded is not None
-                status.state, status.reason, status.loaded = UNAVAILABLE, "server shut down", None
-                self.metrics.set_ready(
-                    entry.name, loaded.version_str, loaded.runtime.provider, False
-                )
-            return not late
+        serving = [
+            status for entry in self._models.values() for status in entry.versions.values()
+            if status.loaded is not None
+        ]  # fmt: skip
+        # Requests take their version and queue in one step on the event
+        # loop, so from here on the batchers only shrink.
+        closing = {
+            asyncio.ensure_future(status.loaded.batcher.close(drain=True)): status
+            for status in serving
+            if status.loaded is not None
+        }
+        done, late = await asyncio.wait(closing, timeout=timeout) if closing else ((), ())
+        for task in late:
+            task.cancel()
+            status = closing[task]
+            assert status.loaded is not None
+            logger.warning("model %s did not drain in time; failing what is queued",
+                           status.loaded.batcher.name)  # fmt: skip
+            await status.loaded.batcher.close(drain=False)
+        return not late
+
+    async def stop(self) -> None:
+        """Release every version (after ``drain``: nothing is queued)."""
+        self._stopping = True
+        await self._stop_polling()
+        for entry in list(self._models.values()):
+            for status in list(entry.versions.values()):
+                if status.loaded is not None:
+                    await self._unload(entry, status, "server shut down", forget=False)
 
     async def _stop_polling(self) -> None:
         if self._poll_task is not None:
@@ -262,49 +179,44 @@ class ModelManager:
             await asyncio.gather(self._poll_task, return_exceptions=True)
             self._poll_task = None
 
-    async def stop(self) -> None:
-        await self._stop_polling()
-        await asyncio.gather(
-            *(self._unload(entry, status) for entry in list(self.models.values())
-              for status in list(entry.versions.values()) if status.loaded is not None)
-        )  # fmt: skip
-
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.settings.repository_poll_secs)
             try:
-                await self.sync(add_missing=True)
+                await self.sync()
             except Exception:
                 logger.exception("repository poll failed")
+
+    # -- repository control (explicit mode) ----------------------------------
 
     async def load_model(self, name: str) -> None:
         """RepositoryModelLoad: (re)load one model from disk (explicit mode)."""
         self._require_explicit("load")
+        if self._stopping:
+            raise ModelLoadError("the server is shutting down; no model is loaded any more")
         # A request's name is never a path: one plain component, and only
         # one that a scan of the repository lists.
         if not _plain_name(name) or not _is_model_folder(self.root, name):
             raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
-        await self.sync(only={name}, add_missing=True, force=True)
-        entry = self.models[name]
-        if not entry.ready_versions():
+        await self.sync(only={name}, force=True)
+        entry = self._models.get(name)
+        if entry is None or not entry.ready_versions():
+            why = entry.why_not_ready() if entry is not None else ""
             raise ModelLoadError(
                 f"failed to load model '{name}': "
-                + (entry.reason or "; ".join(
-                    f"version {v}: {s.reason}" for v, s in sorted(entry.versions.items())
-                ) or "no version folder with a model file")
-            )  # fmt: skip
+                + (why or "no version folder with a model file")
+            )
 
     async def unload_model(self, name: str) -> None:
         self._require_explicit("unload")
-        entry = self.entry(name)
+        entry = self.model_view(name)
         async with self._lock:
             entry.wanted = False
-            await asyncio.gather(
-                *(self._unload(entry, s) for s in list(entry.versions.values()) if s.loaded)
-            )
+            await asyncio.gather(*(self._unload(entry, s, "unloaded")
+                                   for s in list(entry.versions.values()) if s.loaded))  # fmt: skip
             for status in entry.versions.values():
                 status.state, status.reason = UNAVAILABLE, "unloaded"
-            self._rebuild()
+            self.table.rebuild()
 
     def _require_explicit(self, what: str) -> None:
         if self.settings.model_control_mode != "explicit":
@@ -314,53 +226,57 @@ class ModelManager:
                 "--model-control-mode explicit"
             )
 
-    async def sync(
-        self, only: set[str] | None = None, add_missing: bool = True, force: bool = False
-    ) -> None:
+    # -- reconciling ---------------------------------------------------------
+
+    async def _scan(self) -> dict[str, repository.ModelSource]:
+        try:
+            return await in_thread(repository.scan, self.root)
+        except OSError as exc:
+            raise ModelLoadError(f"cannot read model repository {self.root}: {exc}") from exc
+
+    async def sync(self, only: set[str] | None = None, force: bool = False) -> None:
         """Bring loaded state in line with the disk: new models and versions
         load, removed ones unload, changed configs and files reload. A version
         that fails to load never replaces one that serves."""
         async with self._lock:
-            try:
-                sources = await asyncio.get_running_loop().run_in_executor(
-                    None, repository.scan, self.root
-                )
-            except OSError as exc:
-                raise ModelLoadError(f"cannot read model repository {self.root}: {exc}") from exc
-            names = set(sources) | set(self.models)
+            if self._stopping:
+                return
+            sources = await self._scan()
+            names = set(sources) | set(self._models)
             if only is not None:
-                names &= only | set()
+                names &= only
             for name in sorted(names):
                 source = sources.get(name)
-                entry = self.models.get(name)
+                entry = self._models.get(name)
                 if source is None:
                     if entry is not None:
                         await self._remove(entry)
                     continue
                 if entry is None:
-                    if not add_missing:
-                        continue
-                    entry = self.models[name] = ModelEntry(name, source.path)
+                    entry = self._models[name] = ModelEntry(name, source.path)
                 elif not entry.wanted and not force:
                     continue
                 entry.wanted = True
                 await self._sync_model(entry, source, force)
-            self._rebuild()
+                if self._stopping:
+                    break
+            self.table.rebuild()
 
     async def _remove(self, entry: ModelEntry) -> None:
         logger.info("model '%s' left the repository; unloading", entry.name)
         for status in list(entry.versions.values()):
             if status.loaded is not None:
-                await self._unload(entry, status)
+                await self._unload(entry, status, "removed")
             self.metrics.forget_version(entry.name, str(status.version))
-        del self.models[entry.name]
+        del self._models[entry.name]
+        self._changes.forget(entry.name)
 
     async def _sync_model(
         self, entry: ModelEntry, source: repository.ModelSource, force: bool
     ) -> None:
-        digest = _config_digest(source)
-        config_changed = digest != entry.config_digest
-        entry.config_digest = digest
+        state = await in_thread(self._changes.model_state, source)
+        config_changed = state.config_digest != entry.config_digest
+        entry.config_digest = state.config_digest
         if source.config_error:
             entry.reason = source.config_error
             if not entry.ready_versions():
@@ -371,8 +287,8 @@ class ModelManager:
                              source.config_error)  # fmt: skip
             return
         entry.reason = ""
-        available = {v: p for v, p in source.versions.items()}
-        fingerprints = {v: _fingerprint(p) for v, p in available.items()}
+        available = dict(source.versions)
+        fingerprints = state.versions
         retry = force or config_changed
 
         def known_bad(v: int) -> bool:
@@ -395,7 +311,8 @@ class ModelManager:
         # falls back to the next one (which may already serve).
         failed = {v for v in available if known_bad(v)}
         attempted: set[int] = set()
-        while True:
+        wanted: list[int] = []
+        while not self._stopping:
             wanted = repository.select_versions(
                 source.config, [v for v in available if v not in failed]
             )
@@ -415,7 +332,7 @@ class ModelManager:
             if version in wanted_set or version in failed and version in available:
                 continue
             if status.loaded is not None:
-                await self._unload(entry, status)
+                await self._unload(entry, status, "unloaded (not in the version policy)")
             if version not in available:
                 self.metrics.forget_version(entry.name, str(version))
                 del entry.versions[version]
@@ -426,17 +343,14 @@ class ModelManager:
         source: repository.ModelSource,
         version: int,
         path: Path,
-        fingerprint: tuple[int, int],
+        fingerprint: object,
     ) -> bool:
         label = f"{entry.name}:{version}"
         previous = entry.versions.get(version)
         if previous is None or previous.loaded is None:
             entry.versions[version] = VersionStatus(version, LOADING, fingerprint=fingerprint)
-        loop = asyncio.get_running_loop()
         try:
-            runtime, config, signature, index = await loop.run_in_executor(
-                None, self._prepare, source, path, label
-            )
+            prepared = await in_thread(self.loader.prepare, source, path, label)
         except Exception as exc:
             if isinstance(exc, ServingError):
                 reason = exc.message
@@ -454,125 +368,71 @@ class ModelManager:
             )  # fmt: skip
             self.metrics.set_ready(entry.name, str(version), "", False)
             return False
-        loaded = self._activate(entry.name, version, runtime, config, signature, index, fingerprint)
+        if self._stopping:  # the server began to stop while this loaded
+            entry.versions[version] = previous or VersionStatus(version, UNAVAILABLE,
+                                                                "server shut down")  # fmt: skip
+            return False
+        loaded = self.loader.activate(entry.name, version, prepared, fingerprint)
+        del prepared
         entry.versions[version] = VersionStatus(version, READY, "", loaded, fingerprint)
-        self.metrics.set_ready(entry.name, str(version), runtime.provider, True)
+        self.metrics.set_ready(entry.name, str(version), loaded.runtime.provider, True)
+        config = loaded.config
         logger.info("model %s ready on %s (max_batch_size %d, dynamic batching %s)", label,
-                    runtime.provider, config.max_batch_size,
+                    loaded.runtime.provider, config.max_batch_size,
                     "on" if config.HasField("dynamic_batching") else "off")  # fmt: skip
         if previous is not None and previous.loaded is not None:
-            self._rebuild()  # new requests go to the new load, then the old one drains
-            await self._retire(entry.name, previous.loaded)
+            self.table.rebuild()  # new requests go to the new load, then the old one drains
+            await previous.loaded.batcher.close(drain=True)
+            previous.loaded = None
         return True
 
-    def _prepare(
-        self, source: repository.ModelSource, path: Path, label: str
-    ) -> tuple[OnnxRuntime, mc.ModelConfig, ModelSignature, dict[str, int]]:
-        """The slow part of a load, in a worker thread."""
-        s = self.settings
-        runtime = OnnxRuntime(
-            path, device=s.device, intra_op_threads=s.intra_op_threads,
-            inter_op_threads=s.inter_op_threads, label=label,
-        )  # fmt: skip
-        config = repository.complete_config(source, runtime.inputs, runtime.outputs)
-        config.parameters["execution_provider"].string_value = runtime.provider
-        kind = mc.ModelInstanceGroup.KIND_GPU if "CUDA" in runtime.provider else (
-            mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip
-        for group in config.instance_group:
-            group.kind = kind
-        batching = config.max_batch_size > 0
-        inputs = [
-            TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
-            for i in config.input
-        ]
-        outputs = []
-        for o in config.output:
-            labels = (
-                tuple(repository.read_labels(source, o.label_filename))
-                if o.label_filename else None
-            )  # fmt: skip
-            outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
-                                      tuple(o.dims), labels))  # fmt: skip
-        signature = ModelSignature(source.name, config.max_batch_size, inputs, outputs)
-        graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
-        index = {o.name: graph_index[o.name] for o in config.output}
-        # Warm-up: one row of zeros through the graph, so the first request
-        # does not pay for lazy initialisation; a model that cannot run fails here.
-        feeds = {}
-        for spec in inputs:
-            dims = [1 if d == -1 else d for d in spec.dims]
-            shape = [1, *dims] if batching else dims
-            feeds[spec.name] = np.zeros(shape, dtype=DTYPE_BY_DATATYPE[spec.datatype])
-        try:
-            runtime.run(feeds)
-        except ServingError as exc:
-            raise ModelLoadError(f"warm-up inference failed: {exc.message}") from exc
-        return runtime, config, signature, index
-
-    def _activate(
-        self,
-        name: str,
-        version: int,
-        runtime: OnnxRuntime,
-        config: mc.ModelConfig,
-        signature: ModelSignature,
-        index: dict[str, int],
-        fingerprint: tuple[int, int],
-    ) -> LoadedVersion:
-        version_str = str(version)
-        metrics = self.metrics.for_version(name, version_str) if self.metrics.enabled else None
-        stats = VersionStats()
-        batch_hist = metrics.batch_size if metrics is not None else None
-
-        def on_batch(rows: int, compute: float) -> None:
-            stats.record_batch(rows, compute)
-            if batch_hist is not None:
-                batch_hist.observe(rows)
-
-        db = config.dynamic_batching if config.HasField("dynamic_batching") else None
-        queue_size = self.settings.max_queue_size
-        if db is not None and db.default_queue_policy.max_queue_size > 0:
-            queue_size = db.default_queue_policy.max_queue_size
-        workers = sum(max(g.count, 1) for g in config.instance_group) or 1
-        batcher = DynamicBatcher(
-            runtime.run,
-            max_batch_size=config.max_batch_size,
-            batching=db is not None,
-            max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
-            preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
-            max_queue_size=queue_size,
-            max_queue_bytes=self.settings.max_queue_bytes,
-            workers=max(workers, self.settings.inference_threads),
-            executor=self.executor,
-            on_batch=on_batch,
-            name=f"{name}:{version}",
-        )
-        return LoadedVersion(name, version, version_str, config, runtime, signature, batcher,
-                             metrics, stats, index, fingerprint)  # fmt: skip
-
-    async def _retire(self, name: str, loaded: LoadedVersion) -> None:
-        await loaded.batcher.close(drain=True)
-
-    async def _unload(self, entry: ModelEntry, status: VersionStatus) -> None:
+    async def _unload(
+        self, entry: ModelEntry, status: VersionStatus, reason: str, forget: bool = True
+    ) -> None:
+        """Stop serving one version once its queued requests are answered;
+        ``forget``: its metric series go too (it was retired, not failed)."""
         loaded = status.loaded
         if loaded is None:
             return
         status.state, status.reason, status.loaded = UNLOADING, "", None
-        self._rebuild()  # no new requests; queued ones still finish
+        self.table.rebuild()  # no new requests; queued ones still finish
         await loaded.batcher.close(drain=True)
-        status.state, status.reason = UNAVAILABLE, "unloaded"
-        self.metrics.set_ready(entry.name, loaded.version_str, loaded.runtime.provider, False)
+        status.state, status.reason = UNAVAILABLE, reason
+        if forget:
+            self.metrics.forget_version(entry.name, loaded.version_str)
+        else:
+            self.metrics.set_ready(entry.name, loaded.version_str, loaded.runtime.provider, False)
         logger.info("model %s:%d unloaded", entry.name, status.version)
 
-    def _rebuild(self) -> None:
-        ready: dict[tuple[str, str], LoadedVersion] = {}
-        for name, entry in self.models.items():
-            versions = entry.ready_versions()
-            for loaded in versions:
-                ready[(name, loaded.version_str)] = loaded
-            if versions:
-                ready[(name, "")] = versions[-1]
-        self._ready = ready
+
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` in a daemon thread of its own. Loads and scans are rare
+    and may block (a large model, a stalled mount); unlike an executor's
+    threads, this one never holds up the process's exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="model-load", daemon=True).start()
+    return future
 
 
 def _plain_name(name: str) -> bool:
@@ -584,22 +444,3 @@ def _is_model_folder(root: Path, name: str) -> bool:
         return (root / name).is_dir()
     except (OSError, ValueError):  # name too long for the file system, and the like
         return False
-
-
-def _fingerprint(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-    except OSError:
-        return (0, 0)
-    return (st.st_mtime_ns, st.st_size)
-
-
-def _config_digest(source: repository.ModelSource) -> str:
-    h = hashlib.sha256()
-    for name in sorted(p.name for p in source.path.iterdir() if p.is_file()):
-        if name == repository.CONFIG_FILE or name.endswith(".txt"):
-            try:
-                h.update(name.encode() + b"\0" + (source.path / name).read_bytes())
-            except OSError:
-                pass
-    return h.hexdigest()

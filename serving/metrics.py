@@ -96,10 +96,28 @@ class Metrics:
         self.model_ready.labels(model, version, provider).set(1.0 if ready else 0.0)
 
     def forget_version(self, model: str, version: str) -> None:
-        """Drop the readiness series of a version that left the repository."""
+        """Drop every series of a version that was retired (unloaded, replaced
+        under the version policy, or gone from the repository), so the
+        registry holds the versions that exist, not every one ever loaded."""
         for labels in list(self._ready_labels()):
             if labels[0] == model and labels[1] == version:
                 self.model_ready.remove(*labels)
+        for family in (self.request_duration, self.queue_duration, self.compute_duration,
+                       self.batch_size):  # fmt: skip
+            try:
+                family.remove(model, version)
+            except KeyError:
+                pass
+        for labels in list(self._request_labels()):
+            if labels[0] == model and labels[1] == version:
+                self.requests.remove(*labels)
+
+    def _request_labels(self) -> set[tuple[str, ...]]:
+        return {
+            (s.labels["model"], s.labels["version"], s.labels["code"])
+            for metric in self.requests.collect()
+            for s in metric.samples
+        }
 
     def _ready_labels(self) -> list[tuple[str, ...]]:
         return [

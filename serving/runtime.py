@@ -52,9 +52,14 @@ class TensorInfo:
 class Runtime(Protocol):
     """What the batcher needs from a loaded model."""
 
-    provider: str
-    inputs: Sequence[TensorInfo]
-    outputs: Sequence[TensorInfo]
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def inputs(self) -> Sequence[TensorInfo]: ...
+
+    @property
+    def outputs(self) -> Sequence[TensorInfo]: ...
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run every output of the graph, in ``outputs`` order. Thread-safe."""

@@ -1,7 +1,9 @@
-"""The data plane: find the model, validate, batch, shape the answer.
+"""The data plane: every KServe V2 operation, transport-agnostic.
 
-Transport-agnostic: takes an ``InferRequest`` and returns an
-``InferResponse``; the gRPC layer decodes and encodes around it.
+Inference: find the version (``versions.ReadyTable``), validate, batch,
+shape the answer. Health, metadata, config, statistics and repository
+control answer plain dataclasses. Transports (gRPC today) decode, call one
+method, encode; they never reach the manager. This module imports no grpc.
 """
 
 from __future__ import annotations
@@ -9,46 +11,179 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
+from dlserve import __version__
+from serving._generated import model_config_pb2 as mc
 from serving.batcher import BatchResult
-from serving.errors import InvalidInput, ResourceExhausted
-from serving.manager import LoadedVersion, ModelManager
+from serving.errors import InvalidInput, ResourceExhausted, ServingError, code_name
+from serving.manager import IndexEntry, ModelManager
 from serving.metrics import Metrics
+from serving.outputs import outputs as _outputs
+from serving.recorder import failure_labels
+from serving.repository import datatype_of
+from serving.stats import VersionStats
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.versions import LoadedVersion
 
 _now = time.perf_counter
+#: Protocol extensions this server implements (ServerMetadata.extensions).
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "statistics",
+)
 #: Bytes of a response message left for everything but tensor data.
 RESPONSE_HEADROOM = 4096
 
 
 @dataclass(slots=True)
 class Pending:
-    """A request that passed validation and waits in its model's batcher."""
+    """A request that passed validation and waits in its model's batcher.
+    It keeps what its answer needs, not the request message."""
 
     loaded: LoadedVersion
-    request: InferRequest
+    model_name: str
+    request_id: str
+    outputs: tuple[RequestedOutput, ...]
     rows: int
     started: float
     prep: float
     future: asyncio.Future[BatchResult]
 
 
+@dataclass(frozen=True, slots=True)
+class TensorMetadata:
+    """An input or output; ``shape`` has -1 for the batch and dynamic dims."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMetadata:
+    """ModelMetadata of a model: its ready versions and its tensors."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerMetadata:
+    """The server's name, release and protocol extensions."""
+
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatistics:
+    """ModelStatistics of one serving version (Triton's InferStatistics)."""
+
+    name: str
+    version: str
+    stats: VersionStats
+
+
 class InferenceService:
-    """``infer`` for callers that await; ``begin``/``finish`` for callers that
+    """Every KServe V2 operation, for any transport: plain values in and
+    out, ``ServingError`` for every failure, and each inference request
+    counted once (``VersionRecorder``) whatever its outcome.
+
+    ``infer`` for callers that await; ``begin``/``finish`` for callers that
     prefer a callback on the batcher's future (the stream handler), so a
     request costs no task of its own."""
 
     def __init__(
-        self, manager: ModelManager, metrics: Metrics, max_response_bytes: int = 0
+        self,
+        manager: ModelManager,
+        metrics: Metrics,
+        extensions: tuple[str, ...] = EXTENSIONS,
+        max_response_bytes: int = 0,
     ) -> None:
         """``max_response_bytes``: answers whose tensor data is within 4 KiB of
         it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
         instead of breaking the transport (0: no limit)."""
-        self.manager = manager
-        self.metrics = metrics
+        self._manager = manager
+        self._table = manager.table
+        self._metrics = metrics
+        self._extensions = extensions
         self._max_payload = max_response_bytes - RESPONSE_HEADROOM if max_response_bytes else 0
+        #: Set by the composition root once every transport listens.
+        self.ready = False
+
+    # -- health and metadata -------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return self.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self._table.is_ready(name, version)
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata("dlserve", __version__, self._extensions)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        loaded = self._table.get(name, version)
+        config = loaded.config
+        batch = (-1,) if config.max_batch_size > 0 else ()
+        return ModelMetadata(
+            name=name,
+            versions=tuple(v.version_str for v in self._manager.serving(name)),
+            platform=config.platform,
+            inputs=tuple(
+                TensorMetadata(i.name, datatype_of(i.data_type), (*batch, *i.dims))
+                for i in config.input
+            ),
+            outputs=tuple(
+                TensorMetadata(o.name, datatype_of(o.data_type), (*batch, *o.dims))
+                for o in config.output
+            ),
+        )
+
+    def model_config(self, name: str, version: str = "") -> mc.ModelConfig:
+        return self._table.get(name, version).config
+
+    def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        """Every serving version's, or one model's, or one version's; a
+        version spelled "01" is version 1, as in inference."""
+        if not name:
+            return [_stats_of(v) for v in self._manager.serving()]
+        selected = self._table.get(name, version).version_str  # NOT_FOUND / UNAVAILABLE
+        return [
+            _stats_of(v) for v in self._manager.serving(name)
+            if not version or v.version_str == selected
+        ]  # fmt: skip
+
+    # -- repository ----------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return self._manager.index(ready_only)
+
+    async def load_model(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        if parameters:
+            raise InvalidInput(
+                "RepositoryModelLoad parameters (config or file overrides) are not supported; "
+                "change the files in the repository instead"
+            )
+        await self._manager.load_model(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self._manager.unload_model(name)
+
+    # -- inference -----------------------------------------------------------
 
     async def infer(
         self, request: InferRequest, started: float, deadline: float | None = None
@@ -69,84 +204,84 @@ class InferenceService:
         """Look up, validate and queue; raises ServingError for a bad request.
         A ``timeout`` request parameter (microseconds, the schedule-policy
         extension) tightens the deadline."""
-        loaded = self.manager.get(request.model_name, request.model_version)
-        if request.parameters:
-            deadline = _with_timeout(request.parameters.get("timeout"), started, deadline)
-        signature = loaded.signature
-        if request.outputs:
-            signature.check_outputs(request.outputs)
-        feeds, rows = signature.validate(request.inputs)
-        future = loaded.batcher.submit(feeds, rows, deadline)
-        if loaded.metrics is not None:
-            loaded.metrics.inflight.inc()
-        return Pending(loaded, request, rows, started, _now() - started, future)
+        try:
+            loaded = self._table.get(request.model_name, request.model_version)
+        except ServingError as exc:
+            self.record_failure(request.model_name, request.model_version, exc)
+            raise
+        try:
+            if request.parameters:
+                deadline = _with_timeout(request.parameters.get("timeout"), started, deadline)
+            signature = loaded.signature
+            if request.outputs:
+                signature.check_outputs(request.outputs)
+            feeds, rows = signature.validate(request.inputs)
+            future = loaded.batcher.submit(feeds, rows, deadline)
+        except ServingError as exc:
+            loaded.recorder.failure(code_name(exc))
+            raise
+        loaded.recorder.started()
+        return Pending(loaded, request.model_name, request.id, request.outputs, rows, started,
+                       _now() - started, future)  # fmt: skip
 
     def finish(self, pending: Pending) -> InferResponse:
         """The response of a request whose future is done (raises its error)."""
         loaded = pending.loaded
-        m = loaded.metrics
-        if m is not None:
-            m.inflight.dec()
         future = pending.future
         if future.cancelled() or future.exception() is not None:
-            loaded.stats.record_failure(_now() - pending.started)
+            exc = asyncio.CancelledError() if future.cancelled() else future.exception()
+            loaded.recorder.failure(code_name(exc), _now() - pending.started)  # type: ignore[arg-type]
             future.result()  # raises the ServingError (or CancelledError)
         result = future.result()
         post_start = _now()
-        outputs = self._outputs(loaded, pending.request.outputs, result)
+        outputs = _outputs(loaded, pending.outputs, result)
         if self._max_payload:
-            self._check_size(outputs, pending)
+            try:
+                _check_size(outputs, self._max_payload)
+            except ServingError as exc:
+                loaded.recorder.failure(code_name(exc), _now() - pending.started)
+                raise
         done = _now()
-        total = done - pending.started
-        loaded.stats.record_success(
-            pending.rows, total, pending.prep, result.queue_seconds, result.compute_seconds,
-            done - post_start,
+        loaded.recorder.success(
+            pending.rows, done - pending.started, pending.prep, result.queue_seconds,
+            result.compute_seconds, done - post_start,
         )  # fmt: skip
-        if m is not None:
-            m.request.observe(total)
-            m.queue.observe(result.queue_seconds)
-            m.compute.observe(result.compute_seconds)
-            m.ok.inc()
-        request = pending.request
-        return InferResponse(request.model_name, loaded.version_str, outputs, request.id)
+        return InferResponse(pending.model_name, loaded.version_str, outputs, pending.request_id)
 
-    def _check_size(self, outputs: tuple[Tensor, ...], pending: Pending) -> None:
-        size = 0
-        for tensor in outputs:
-            data = tensor.data
-            if data.dtype == np.object_:
-                size += sum(4 + len(x) for x in data.flat)
-            else:
-                size += data.nbytes
-        if size > self._max_payload:
-            pending.loaded.stats.record_failure(_now() - pending.started)
-            raise ResourceExhausted(
-                f"the response holds {size} bytes of tensor data, over what "
-                f"--max-message-bytes allows ({self._max_payload + RESPONSE_HEADROOM} bytes "
-                "per message); ask for fewer rows or outputs per request"
-            )
+    def record_failure(self, model_name: str, model_version: str, exc: BaseException) -> None:
+        """Count a request that failed before it reached a serving version
+        (or in the transport), under labels bounded to the repository."""
+        if not self._metrics.enabled:
+            return
+        loaded = self._table.lookup(model_name, model_version)
+        if loaded is not None:
+            loaded.recorder.failure(code_name(exc))
+            return
+        model, version = failure_labels(
+            self._manager.known_versions, self._manager.default_version, model_name,
+            model_version,
+        )  # fmt: skip
+        self._metrics.count(model, version, code_name(exc))
 
-    @staticmethod
-    def _outputs(
-        loaded: LoadedVersion, requested: tuple[RequestedOutput, ...], result: BatchResult
-    ) -> tuple[Tensor, ...]:
-        arrays = result.outputs
-        index = loaded.output_index
-        specs = loaded.signature.outputs
-        batching = loaded.signature.batching
-        if not requested:
-            return tuple(
-                Tensor(name, specs[name].datatype, arrays[i].shape, arrays[i])
-                for name, i in index.items()
-            )
-        out = []
-        for req in requested:
-            array = arrays[index[req.name]]
-            if req.class_count > 0:
-                out.append(_classify(req, array, specs[req.name].labels, batching))
-            else:
-                out.append(Tensor(req.name, specs[req.name].datatype, array.shape, array))
-        return tuple(out)
+
+def _stats_of(loaded: LoadedVersion) -> VersionStatistics:
+    return VersionStatistics(loaded.model, loaded.version_str, loaded.recorder.stats)
+
+
+def _check_size(outputs: tuple[Tensor, ...], limit: int) -> None:
+    size = 0
+    for tensor in outputs:
+        data = tensor.data
+        if data.dtype == np.object_:
+            size += sum(4 + len(x) for x in data.flat)
+        else:
+            size += data.nbytes
+    if size > limit:
+        raise ResourceExhausted(
+            f"the response holds {size} bytes of tensor data, over what "
+            f"--max-message-bytes allows ({limit + RESPONSE_HEADROOM} bytes per message); "
+            "ask for fewer rows or outputs per request"
+        )
 
 
 def _with_timeout(timeout: object, started: float, deadline: float | None) -> float | None:
@@ -161,21 +296,3 @@ def _with_timeout(timeout: object, started: float, deadline: float | None) -> fl
     own = started + timeout / 1e6
     return own if deadline is None else min(deadline, own)
 
-
-def _classify(
-    req: RequestedOutput, array: np.ndarray, labels: tuple[str, ...] | None, batching: bool
-) -> Tensor:
-    """Triton's classification extension: the top ``class_count`` entries of
-    each row as "score:index[:label]" strings."""
-    rows = array.reshape(array.shape[0], -1) if batching else array.reshape(1, -1)
-    k = min(req.class_count, rows.shape[1])
-    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
-    strings = []
-    for r, row in enumerate(top):
-        for idx in row:
-            score = rows[r, idx]
-            label = labels[idx] if labels is not None and idx < len(labels) else None
-            strings.append((f"{score:f}:{idx}:{label}" if label else f"{score:f}:{idx}").encode())
-    data = np.array(strings, dtype=np.object_)
-    shape = (rows.shape[0], k) if batching else (k,)
-    return Tensor(req.name, "BYTES", shape, data.reshape(shape))

@@ -1,5 +1,7 @@
-"""The KServe V2 / Triton ``GRPCInferenceService``: decode -> service ->
-encode. Errors become statuses through ``status.status_of`` only."""
+"""The KServe V2 / Triton ``GRPCInferenceService``: every RPC is decode ->
+``InferenceService`` -> encode. Errors become statuses through
+``status.to_status`` only; the service counts every inference outcome, this
+module only the requests that fail before reaching it (undecodable tensors)."""
 
 from __future__ import annotations
 
@@ -8,38 +10,25 @@ import collections
 import functools
 import logging
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from dlserve import __version__
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from serving.errors import InvalidInput, ServingError
+from serving.errors import ServingError
 from serving.grpc_api import codec
-from serving.grpc_api.status import status_of
-from serving.manager import ModelManager
-from serving.repository import datatype_of
-from serving.service import InferenceService, Pending
+from serving.grpc_api.status import to_status
+from serving.service import InferenceService, Pending, VersionStatistics
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter
-_CANCELLED, _INTERNAL = grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL
 
 SERVICE_NAME = "inference.GRPCInferenceService"
 #: Methods whose handlers take the raw request bytes and parse them themselves.
 RAW_REQUEST_METHODS = frozenset({"ModelInfer"})
 _parse_infer_request = pb.ModelInferRequest.FromString
-
-#: Protocol extensions this server implements (ServerMetadata.extensions).
-EXTENSIONS = (
-    "classification",
-    "model_repository",
-    "schedule_policy",
-    "model_configuration",
-    "statistics",
-)
 
 T = TypeVar("T")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[T]]
@@ -53,7 +42,7 @@ def _rpc(method: Handler[T]) -> Handler[T]:
         try:
             return await method(self, request, context)
         except ServingError as exc:
-            await context.abort(status_of(exc), exc.message)
+            await context.abort(to_status(exc), exc.message)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
@@ -68,116 +57,80 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self,
         service: InferenceService,
-        manager: ModelManager,
         *,
         stream_window: int = 64,
         stream_window_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.service = service
-        self.manager = manager
         self._window = stream_window
         self._window_bytes = stream_window_bytes
-        self.metrics = service.metrics
-        self.ready = False
 
     # -- health and metadata -------------------------------------------------
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.service.live())
 
     async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=self.ready)
+        return pb.ServerReadyResponse(ready=self.service.server_ready())
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
-        return pb.ModelReadyResponse(ready=self.manager.is_ready(request.name, request.version))
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
 
     async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        meta = self.service.server_metadata()
         return pb.ServerMetadataResponse(
-            name="dlserve", version=__version__, extensions=list(EXTENSIONS)
+            name=meta.name, version=meta.version, extensions=list(meta.extensions)
         )
 
     @_rpc
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
-        loaded = self.manager.get(request.name, request.version)
-        entry = self.manager.entry(request.name)
-        config = loaded.config
-        batch = [-1] if config.max_batch_size > 0 else []
-        meta = pb.ModelMetadataResponse.TensorMetadata
+        meta = self.service.model_metadata(request.name, request.version)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
-            name=request.name,
-            versions=[v.version_str for v in entry.ready_versions()],
-            platform=config.platform,
-            inputs=[
-                meta(name=i.name, datatype=datatype_of(i.data_type), shape=[*batch, *i.dims])
-                for i in config.input
-            ],
+            name=meta.name,
+            versions=list(meta.versions),
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
             outputs=[
-                meta(name=o.name, datatype=datatype_of(o.data_type), shape=[*batch, *o.dims])
-                for o in config.output
+                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs
             ],
         )
 
     @_rpc
     async def ModelConfig(self, request: Any, context: Any) -> pb.ModelConfigResponse:
-        loaded = self.manager.get(request.name, request.version)
-        return pb.ModelConfigResponse(config=loaded.config)
+        return pb.ModelConfigResponse(
+            config=self.service.model_config(request.name, request.version)
+        )
 
     @_rpc
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        version = ""
-        if request.name:  # NOT_FOUND / UNAVAILABLE; "01" means version 1
-            version = self.manager.get(request.name, request.version).version_str
-        stats = []
-        for name, entry in sorted(self.manager.models.items()):
-            if request.name and name != request.name:
-                continue
-            for loaded in entry.ready_versions():
-                if request.version and loaded.version_str != version:
-                    continue
-                stats.append(_statistics(loaded))
-        return pb.ModelStatisticsResponse(model_stats=stats)
+        stats = self.service.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(s) for s in stats])
 
     # -- repository ----------------------------------------------------------
 
     @_rpc
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         index = pb.RepositoryIndexResponse.ModelIndex
-        models = []
-        for name, entry in sorted(self.manager.models.items()):
-            if not entry.versions:
-                if not request.ready:
-                    models.append(index(name=name, state="UNAVAILABLE", reason=entry.reason))
-                continue
-            for version, status in sorted(entry.versions.items()):
-                if request.ready and status.state != "READY":
-                    continue
-                models.append(
-                    index(
-                        name=name,
-                        version=str(version),
-                        state=status.state,
-                        reason=status.reason or entry.reason,
-                    )
-                )
-        return pb.RepositoryIndexResponse(models=models)
+        return pb.RepositoryIndexResponse(
+            models=[
+                index(name=row.name, version=row.version, state=row.state, reason=row.reason)
+                for row in self.service.repository_index(request.ready)
+            ]
+        )
 
     @_rpc
     async def RepositoryModelLoad(
         self, request: Any, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        if request.parameters:
-            raise InvalidInput(
-                "RepositoryModelLoad parameters (config or file overrides) are not supported; "
-                "change the files in the repository instead"
-            )
-        await self.manager.load_model(request.model_name)
+        await self.service.load_model(request.model_name, dict(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(
         self, request: Any, context: Any
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.manager.unload_model(request.model_name)
+        await self.service.unload_model(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference -----------------------------------------------------------
@@ -201,21 +154,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
         assert isinstance(request, pb.ModelInferRequest)
         try:
-            remaining = context.time_remaining()
-            deadline = started + remaining if remaining is not None else None
-            response = await self.service.infer(codec.decode_request(request), started, deadline)
-            return codec.encode_response(response)
-        except ServingError as exc:
-            code = status_of(exc)
-            self._count_failure(request.model_name, request.model_version, code)
-            await context.abort(code, exc.message)
-        except asyncio.CancelledError:
-            self._count_failure(request.model_name, request.model_version, _CANCELLED)
-            raise
-        except Exception:
-            logger.exception("ModelInfer failed")
-            self._count_failure(request.model_name, request.model_version, _INTERNAL)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
+            decoded = codec.decode_request(request)
+        except Exception as exc:
+            await self._refuse(request, exc, context)
+        remaining = context.time_remaining()
+        deadline = started + remaining if remaining is not None else None
+        try:
+            response = await self.service.infer(decoded, started, deadline)
+        except ServingError as exc:  # counted by the service
+            await context.abort(to_status(exc), exc.message)
+        return codec.encode_response(response)
+
+    async def _refuse(
+        self, request: pb.ModelInferRequest, exc: Exception, context: Any
+    ) -> NoReturn:
+        """A request whose tensors do not decode: counted here, since it
+        never reaches the service."""
+        self.service.record_failure(request.model_name, request.model_version, exc)
+        if isinstance(exc, ServingError):
+            await context.abort(to_status(exc), exc.message)
+        logger.error("ModelInfer request could not be decoded", exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def ModelStreamInfer(
@@ -253,10 +212,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         def fail(head: tuple[str, str, str], exc: Exception) -> pb.ModelStreamInferResponse:
             if isinstance(exc, ServingError):
-                self._count_failure(head[0], head[1], status_of(exc))
                 return _stream_error(head, exc.message)
             logger.error("ModelStreamInfer request failed", exc_info=exc)
-            self._count_failure(head[0], head[1], grpc.StatusCode.INTERNAL)
             return _stream_error(head, "internal error (see the server log)")
 
         def done(pending: Pending, head: tuple[str, str, str]) -> None:
@@ -289,8 +246,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     # Keep only what an answer needs, never the whole message.
                     head = (request.model_name, request.model_version, request.id)
                     try:
-                        pending = service.begin(codec.decode_request(request), _now())
-                    except Exception as exc:
+                        decoded = codec.decode_request(request)
+                    except Exception as exc:  # never reaches the service: counted here
+                        service.record_failure(head[0], head[1], exc)
+                        answer(fail(head, exc))
+                        continue
+                    try:
+                        pending = service.begin(decoded, _now())
+                    except Exception as exc:  # counted by the service
                         answer(fail(head, exc))
                         continue
                     del request
@@ -336,11 +299,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
     TraceSetting = LogSettings = _unimplemented
 
-    def _count_failure(self, model_name: str, model_version: str, code: grpc.StatusCode) -> None:
-        if self.metrics.enabled:
-            model, version = self.manager.metric_labels(model_name, model_version)
-            self.metrics.count(model, version, code.name)
-
 
 def undecodable_message(method: str, reason: str) -> str:
     return f"{method}: the request body is not a valid protobuf message ({reason[:200]})"
@@ -361,11 +319,11 @@ def _duration(d: Any) -> pb.StatisticDuration:
     return pb.StatisticDuration(count=d.count, ns=d.ns)
 
 
-def _statistics(loaded: Any) -> pb.ModelStatistics:
-    s = loaded.stats
+def _statistics(version: VersionStatistics) -> pb.ModelStatistics:
+    s = version.stats
     return pb.ModelStatistics(
-        name=loaded.model,
-        version=loaded.version_str,
+        name=version.name,
+        version=version.version,
         last_inference=s.last_inference_ms,
         inference_count=s.inference_count,
         execution_count=s.execution_count,

@@ -4,9 +4,8 @@ file replaced by one of the same size with its mtime kept.
 
 Polling servers rescan every 0.2 s. "A poll has happened since X" is shown
 by a change made after X being picked up (a new version starts serving),
-never by sleeping. The tests marked xfail need ``serving.changes.ChangeTracker``
-in the manager's poll (the manager still hashes every ``*.txt`` and keys
-model files on (mtime, size)); strict, so they report once it is wired.
+never by sleeping. The manager's poll asks ``serving.changes.ChangeTracker``
+what changed: stat first, content digests of changed files only.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from tests.serverproc import ServerFailed, ServerProcess, wait_for
 
 POLL = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2")
 TIMEOUT = 30.0  # seconds for a poll to take effect on a loaded machine
-NEEDS_TRACKER = pytest.mark.xfail(strict=True, reason="needs ChangeTracker in the manager")
 X = np.array([[0.5, -1.0], [2.0, 1.5], [-0.3, 0.1]], np.float32)
 
 
@@ -146,7 +144,6 @@ def test_folder_name_not_utf8_is_skipped(tmp_path: Path) -> None:
 # --- F7: a *.txt file whose name is not UTF-8 inside a model folder ----------------------
 
 
-@NEEDS_TRACKER
 def test_txt_name_not_utf8_does_not_stop_the_server(repo: Path) -> None:
     os.close(os.open(raw_path(repo / "model", b"notes\xff.txt"), os.O_CREAT | os.O_WRONLY))
     try:
@@ -159,7 +156,6 @@ def test_txt_name_not_utf8_does_not_stop_the_server(repo: Path) -> None:
         pytest.fail(f"the server did not start: {str(exc)[-2000:]}")
 
 
-@NEEDS_TRACKER
 def test_txt_name_not_utf8_does_not_stop_polling(
     repo: Path, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
@@ -170,7 +166,6 @@ def test_txt_name_not_utf8_does_not_stop_polling(
 # --- F8: a label file not named *.txt --------------------------------------------------
 
 
-@NEEDS_TRACKER
 def test_label_file_not_named_txt_is_reread(tmp_path: Path) -> None:
     config = config_text("model").replace('"labels.txt"', '"classes.names"')
     write_model(tmp_path, "model", model=mlp(seed=1), config=config)
@@ -213,7 +208,6 @@ def test_fifo_label_file_fails_that_model_only(tmp_path: Path) -> None:
 # --- F21: a same-size replacement of model.onnx that keeps the mtime -------------------
 
 
-@NEEDS_TRACKER
 @pytest.mark.parametrize("in_place", [True, False], ids=["cp-p-in-place", "rsync-t-rename"])
 def test_same_size_same_mtime_model_is_loaded(
     repo: Path, stub: pb_grpc.GRPCInferenceServiceStub, in_place: bool

@@ -1,0 +1,206 @@
+"""The composition root: settings -> metrics, executor, loader, manager,
+service, and the transports over it (gRPC, the metrics HTTP endpoint);
+start, serve until a signal, drain, stop. The CLI, ``--workers``,
+``benchmarks/inprocess.py`` and the in-process test server all build the
+process through ``App``; nothing else constructs a ``ModelManager``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from serving.credentials import CredentialError, load_credentials
+from serving.errors import ServingError
+from serving.grpc_api.server import GrpcFrontend
+from serving.http_server import MetricsHttpServer, make_app
+from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.runtime import both_onnxruntimes_installed
+from serving.service import InferenceService
+from serving.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+#: While draining, the listener closes after this long without a refused request...
+LINGER_QUIET_SECS = 0.5
+#: ...or after this long at most.
+LINGER_MAX_SECS = 2.0
+#: Time left to send the answers of drained requests when the exit timeout is spent.
+SEND_GRACE_SECS = 0.5
+
+
+class StartupError(Exception):
+    """The server cannot start (bad repository, port in use, bad TLS files)."""
+
+
+@dataclass
+class RunningServer:
+    grpc_port: int
+    metrics_port: int
+
+
+class App:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        load_models: list[str] | None = None,
+        *,
+        worker: bool = False,
+        runtime_factory: RuntimeFactory = onnx_runtime,
+    ) -> None:
+        """``worker``: one of ``--workers N`` processes sharing the gRPC port
+        (SO_REUSEPORT); the supervisor serves the metrics HTTP endpoint."""
+        self.settings = settings
+        self.load_models = load_models or []
+        self.worker = worker
+        self.metrics = Metrics(enabled=settings.metrics_enabled)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            settings.inference_threads, thread_name_prefix="onnxruntime"
+        )
+        loader = VersionLoader(settings, self.metrics, self.executor, runtime_factory)
+        self.manager = ModelManager(settings, loader, self.metrics)
+        self.service = InferenceService(
+            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
+        )
+        self.grpc: GrpcFrontend | None = None
+        self._http: MetricsHttpServer | None = None
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+
+    async def start(self) -> RunningServer:
+        s = self.settings
+        try:
+            credentials = load_credentials(s)
+        except CredentialError as exc:
+            raise StartupError(str(exc)) from exc
+        if both_onnxruntimes_installed():
+            logger.error(
+                "both onnxruntime and onnxruntime-gpu are installed; they provide the same "
+                "module and break each other: pip uninstall one of them"
+            )
+        try:
+            await self.manager.start(self.load_models)
+        except ServingError as exc:
+            raise StartupError(exc.message) from exc
+        self.grpc = GrpcFrontend(s, self.service, token=credentials.token, tls=credentials.tls,
+                                 reuse_port=self.worker)  # fmt: skip
+        try:
+            port = self.grpc.bind()
+            if not self.worker:
+                self._http = MetricsHttpServer(
+                    make_app(self.metrics.registry), s.host, s.metrics_port
+                )
+        except OSError as exc:
+            where = "gRPC" if self._http is None and not self.worker else "metrics"
+            raise StartupError(
+                str(exc) if where == "gRPC" or not exc.strerror
+                else f"cannot listen for metrics on {s.host}:{s.metrics_port}: {exc.strerror}"
+            ) from exc
+        await self.grpc.start()
+        if self._http is not None:
+            self._http.start()
+        self.service.ready = True
+        ready = sorted(self.manager.table.names())
+        failed = self.manager.not_ready()
+        metrics_port = self._http.port if self._http is not None else s.metrics_port
+        logger.info(
+            "dlserve %s %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
+            "worker serving" if self.worker else "serving", len(ready), ready,
+            f"{s.host}:{port}", s.host, metrics_port, f"; NOT ready: {failed}" if failed else "",
+        )  # fmt: skip
+        return RunningServer(port, metrics_port)
+
+    def request_stop(self) -> None:
+        """First call (SIGTERM/SIGINT): drain and stop. A second one while
+        draining: stop now, cancelling what is still running."""
+        if self._stop.is_set():
+            logger.warning("second stop signal: cancelling the requests still in flight")
+            self._force.set()
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        """Drain within exit_timeout_secs: new requests get UNAVAILABLE, the
+        queued and running ones finish and are answered, then the listener
+        closes and everything is released."""
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.exit_timeout_secs
+        deadline = loop.time() + timeout
+        logger.info("draining (up to %.0f s)", timeout)
+        self.service.ready = False
+        if self.grpc is not None:
+            await self.grpc.enter_drain()
+        drain = asyncio.ensure_future(self.manager.drain(timeout))
+        force = asyncio.ensure_future(self._force.wait())
+        await asyncio.wait((drain, force), return_when=asyncio.FIRST_COMPLETED)
+        if drain.done() and not drain.result():
+            logger.warning("exit timeout: requests still queued were refused")
+        force.cancel()
+        await self._linger(deadline)
+        if self.grpc is not None:
+            # The answers of drained requests go out (a moment is left for
+            # them even when the timeout is spent); streams get what is left
+            # of the timeout to finish. Anything after that is cancelled.
+            left = max(SEND_GRACE_SECS, deadline - loop.time())
+            await self.grpc.stop(0.0 if self._force.is_set() else left)
+        if not drain.done():
+            drain.cancel()
+        await asyncio.gather(drain, return_exceptions=True)
+        await self.manager.stop()
+        if self._http is not None:
+            self._http.stop()
+        # A batch already inside onnxruntime cannot be interrupted: wait for it.
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        logger.info("stopped")
+
+    async def _linger(self, deadline: float) -> None:
+        """Keep the listener open while clients are still being refused.
+
+        grpc answers a call that reached the server but no handler yet with
+        CANCELLED when the server stops (grpc/grpc#41785), which clients do not
+        retry. So the requests already on their way get our clean UNAVAILABLE
+        instead: the listener closes once no request was refused for
+        LINGER_QUIET_SECS (at most LINGER_MAX_SECS, and never past the exit
+        timeout)."""
+        loop = asyncio.get_running_loop()
+        end = min(deadline, loop.time() + LINGER_MAX_SECS)
+        table = self.manager.table
+        while not self._force.is_set():
+            quiet = time.monotonic() - table.last_refusal
+            left = end - loop.time()
+            if quiet >= LINGER_QUIET_SECS or left <= 0:
+                return
+            await asyncio.sleep(min(LINGER_QUIET_SECS - quiet, left))
+
+
+async def serve(
+    settings: ServingSettings,
+    load_models: list[str] | None = None,
+    *,
+    worker: bool = False,
+    on_started: Callable[[RunningServer], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT, then drain and return 0."""
+    app = App(settings, load_models, worker=worker)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.request_stop)
+    try:
+        running = await app.start()
+    except BaseException:
+        app.executor.shutdown(wait=False, cancel_futures=True)
+        raise
+    if on_started is not None:
+        on_started(running)
+    await app.wait()
+    await app.stop()
+    return 0

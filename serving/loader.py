@@ -1,0 +1,139 @@
+"""Builds a serving model version: runtime session, completed config,
+signature, warm-up run, batcher and recorder.
+
+``prepare`` is the slow part (onnxruntime session, warm-up) and runs in a
+worker thread; ``activate`` binds the batcher and the recorder on the event
+loop. The runtime comes from an injectable factory, so the manager's reload
+logic is tested with a fake one (tests/unit/serving/test_manager.py).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from serving import repository
+from serving._generated import model_config_pb2 as mc
+from serving.batcher import DynamicBatcher
+from serving.errors import ModelLoadError, ServingError
+from serving.metrics import Metrics
+from serving.recorder import VersionRecorder
+from serving.runtime import OnnxRuntime, Runtime
+from serving.settings import ServingSettings
+from serving.tensors import DTYPE_BY_DATATYPE
+from serving.validation import ModelSignature, OutputSpec, TensorSpec
+from serving.versions import LoadedVersion
+
+logger = logging.getLogger(__name__)
+
+#: (model file, settings, label for logs) -> a loaded runtime.
+RuntimeFactory = Callable[[Path, ServingSettings, str], Runtime]
+
+
+def onnx_runtime(path: Path, settings: ServingSettings, label: str) -> Runtime:
+    return OnnxRuntime(
+        path, device=settings.device, intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads, label=label,
+    )  # fmt: skip
+
+
+@dataclass(eq=False)
+class Prepared:
+    """A version whose runtime is loaded and warm, not yet serving."""
+
+    runtime: Runtime
+    config: mc.ModelConfig
+    signature: ModelSignature
+    output_index: dict[str, int]
+
+
+class VersionLoader:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        metrics: Metrics,
+        executor: concurrent.futures.Executor,
+        runtime_factory: RuntimeFactory = onnx_runtime,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+        self.runtime_factory = runtime_factory
+
+    def prepare(self, source: repository.ModelSource, path: Path, label: str) -> Prepared:
+        """The slow part of a load; blocking, for a worker thread."""
+        runtime = self.runtime_factory(path, self.settings, label)
+        config = repository.complete_config(source, runtime.inputs, runtime.outputs)
+        config.parameters["execution_provider"].string_value = runtime.provider
+        kind = mc.ModelInstanceGroup.KIND_GPU if "CUDA" in runtime.provider else (
+            mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip
+        for group in config.instance_group:
+            group.kind = kind
+        inputs = [
+            TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
+            for i in config.input
+        ]
+        outputs = []
+        for o in config.output:
+            labels = (
+                tuple(repository.read_labels(source, o.label_filename))
+                if o.label_filename else None
+            )  # fmt: skip
+            outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
+                                      tuple(o.dims), labels))  # fmt: skip
+        graph_inputs = frozenset(info.name for info in runtime.inputs)
+        signature = ModelSignature(
+            source.name, config.max_batch_size, inputs, outputs, graph_inputs=graph_inputs
+        )
+        graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
+        index = {o.name: graph_index[o.name] for o in config.output}
+        _warm_up(runtime, inputs, config.max_batch_size > 0)
+        return Prepared(runtime, config, signature, index)
+
+    def activate(
+        self, name: str, version: int, prepared: Prepared, fingerprint: object
+    ) -> LoadedVersion:
+        """The serving version: its batcher and recorder, on the event loop."""
+        config = prepared.config
+        version_str = str(version)
+        recorder = VersionRecorder(self.metrics, name, version_str)
+        db = config.dynamic_batching if config.HasField("dynamic_batching") else None
+        queue_size = self.settings.max_queue_size
+        if db is not None and db.default_queue_policy.max_queue_size > 0:
+            queue_size = db.default_queue_policy.max_queue_size
+        workers = sum(max(g.count, 1) for g in config.instance_group) or 1
+        batcher = DynamicBatcher(
+            prepared.runtime.run,
+            max_batch_size=config.max_batch_size,
+            batching=db is not None,
+            max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
+            preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
+            max_queue_size=queue_size,
+            max_queue_bytes=self.settings.max_queue_bytes,
+            workers=max(workers, self.settings.inference_threads),
+            executor=self.executor,
+            on_batch=recorder.batch,
+            name=f"{name}:{version}",
+        )
+        return LoadedVersion(name, version, version_str, config, prepared.runtime,
+                             prepared.signature, batcher, recorder, prepared.output_index,
+                             fingerprint)  # fmt: skip
+
+
+def _warm_up(runtime: Runtime, inputs: list[TensorSpec], batching: bool) -> None:
+    """One row of zeros through the graph, so the first request does not pay
+    for lazy initialisation; a model that cannot run fails here."""
+    feeds = {}
+    for spec in inputs:
+        dims = [1 if d == -1 else d for d in spec.dims]
+        shape = [1, *dims] if batching else dims
+        feeds[spec.name] = np.zeros(shape, dtype=DTYPE_BY_DATATYPE[spec.datatype])
+    try:
+        runtime.run(feeds)
+    except ServingError as exc:
+        raise ModelLoadError(f"warm-up inference failed: {exc.message}") from exc
