@@ -36,7 +36,7 @@ install: $(SERVE_STAMP)
 install-dev: $(ALL_STAMP)
 
 serve: $(SERVE_STAMP)
-	$(BIN)/python -m serving.ensure_models $(MODELS)
+	$(BIN)/python -m dlserve.ensure_models $(MODELS)
 	exec $(BIN)/dlserve serve --model-repository $(MODELS) $(ARGS)
 
 test: $(ALL_STAMP)
@@ -44,7 +44,7 @@ test: $(ALL_STAMP)
 
 # Retrain the five default models into models/ (needs the train extra).
 models: $(ALL_STAMP)
-	$(BIN)/python -m training.presets --all --repository $(MODELS) --fresh
+	$(BIN)/python -m dlserve train --all-presets --repository $(MODELS) --fresh
 
 # Regenerate serving/_generated from protos/ (a test fails when it is stale).
 protos: $(ALL_STAMP)

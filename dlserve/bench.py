@@ -4,6 +4,9 @@ Requests are serialized once (unary) and responses are not decoded unless
 they fail, so the client spends as little CPU as it can beside a server on
 the same machine. With ``--streaming`` one ModelStreamInfer stream carries N
 requests in flight, as ``perf_analyzer --streaming`` does.
+
+What the user can fix (bad flags, an unreachable server, an unwritable
+--json) raises `dlserve.errors.ClientError`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dlserve.errors import CliError
+from dlserve.errors import ClientError
 from serving.tensors import DTYPE_BY_DATATYPE
 
 METHOD = "/inference.GRPCInferenceService/"
@@ -52,9 +55,9 @@ def parse_concurrency(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise CliError(f"--concurrency must be comma-separated integers, got {text!r}") from exc
+        raise ClientError(f"--concurrency must be comma-separated integers, got {text!r}") from exc
     if not levels or any(c < 1 for c in levels):
-        raise CliError(f"--concurrency values must be >= 1, got {text!r}")
+        raise ClientError(f"--concurrency values must be >= 1, got {text!r}")
     return levels
 
 
@@ -72,7 +75,9 @@ async def _request(stub_channel: Any, args: argparse.Namespace, metadata: Any) -
             timeout=10, metadata=metadata,
         )  # fmt: skip
     except grpc.aio.AioRpcError as exc:
-        raise CliError(f"server at {args.url} answered {exc.code().name}: {exc.details()}") from exc
+        raise ClientError(
+            f"server at {args.url} answered {exc.code().name}: {exc.details()}"
+        ) from exc
     rng = np.random.default_rng(0)
     request = pb.ModelInferRequest(model_name=args.model, model_version=args.version)
     for spec in meta.inputs:
@@ -82,7 +87,7 @@ async def _request(stub_channel: Any, args: argparse.Namespace, metadata: Any) -
         shape = [1 if d < 0 else d for d in shape]
         dtype = DTYPE_BY_DATATYPE.get(spec.datatype)
         if dtype is None or spec.datatype == "BYTES":
-            raise CliError(f"input '{spec.name}' is {spec.datatype}: bench sends numbers only")
+            raise ClientError(f"input '{spec.name}' is {spec.datatype}: bench sends numbers only")
         data = rng.standard_normal(shape).astype(dtype)
         request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
         request.raw_input_contents.append(data.tobytes())
@@ -177,7 +182,7 @@ async def _run(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]
         try:
             await asyncio.wait_for(channel.channel_ready(), 10)
         except TimeoutError as exc:
-            raise CliError(f"cannot connect to {args.url}") from exc
+            raise ClientError(f"cannot connect to {args.url}") from exc
         request = await _request(channel, args, md)
         payload = request.SerializeToString()
         for c in levels:
@@ -213,9 +218,9 @@ async def _run(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]
 def main(args: argparse.Namespace) -> int:
     levels = parse_concurrency(args.concurrency)
     if args.duration <= 0 or args.warmup < 0:
-        raise CliError("--duration must be > 0 and --warmup >= 0")
+        raise ClientError("--duration must be > 0 and --warmup >= 0")
     if args.batch_size < 1:
-        raise CliError("--batch-size must be >= 1")
+        raise ClientError("--batch-size must be >= 1")
     try:
         import uvloop
 
@@ -233,6 +238,6 @@ def main(args: argparse.Namespace) -> int:
         try:
             args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
         except OSError as exc:
-            raise CliError(f"cannot write --json {args.json}: {exc.strerror}") from exc
+            raise ClientError(f"cannot write --json {args.json}: {exc.strerror}") from exc
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

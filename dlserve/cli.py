@@ -3,6 +3,11 @@ training and serving packages.
 
 Subcommand modules must stay cheap to import (no torch, no onnxruntime at
 module level): `dlserve --help` and `dlserve serve` never load PyTorch.
+
+This is the top of the import graph: only the ``__main__`` modules import it
+(tests/test_imports.py). `main` turns the errors a user can fix into one
+stderr line and an exit code: a `CliError` (the command line's own), a
+`ClientError` (predict, bench) and the libraries' bases in `LIBRARY_ERRORS`.
 """
 
 from __future__ import annotations
@@ -10,17 +15,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from dlserve import __version__
-from dlserve.errors import CliError
+from dlserve.argparsing import OneLineParser
+from dlserve.errors import ClientError, CliError
 
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as a single stderr line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+#: The libraries' user-facing error bases, as (module, class): `main` ends a
+#: command on one as on a `CliError` (its message, exit 2). They are looked up
+#: among the loaded modules instead of imported: a module whose error was raised
+#: is loaded, and ``dlserve --help`` stays free of pydantic and grpc.
+LIBRARY_ERRORS = (
+    ("training.errors", "TrainingError"),
+    ("serving.workers", "WorkersError"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_code_for(exc: BaseException) -> int | None:
+    """The exit code of an error the user can fix, or None for anything else."""
+    if isinstance(exc, CliError):
+        return exc.exit_code
+    if isinstance(exc, ClientError):
+        return 2
+    for module, name in LIBRARY_ERRORS:
+        base = getattr(sys.modules.get(module), name, None)
+        if isinstance(base, type) and isinstance(exc, base):
+            return 2
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
-    except CliError as exc:
-        print(f"dlserve {args.command}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print(f"dlserve {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -58,7 +76,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError:
             pass
         return 141
-    except Exception as exc:  # last resort: one line, traceback only on request
+    except Exception as exc:
+        exit_code = exit_code_for(exc)
+        if exit_code is not None:
+            print(f"dlserve {args.command}: error: {exc}", file=sys.stderr)
+            return exit_code
+        # last resort: one line, traceback only on request
         if os.environ.get("DLSERVE_DEBUG"):
             raise
         print(

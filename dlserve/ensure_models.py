@@ -1,4 +1,4 @@
-"""``python -m serving.ensure_models [DIR]``: make sure the five default
+"""``python -m dlserve.ensure_models [DIR]``: make sure the five default
 models are in the repository before ``make serve`` starts the server.
 
 They are committed to git, so this normally only checks. If one is missing

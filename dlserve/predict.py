@@ -1,5 +1,9 @@
 """``dlserve predict``: one ModelInfer request with the project's own stubs
-(the serving install needs no tritonclient)."""
+(the serving install needs no tritonclient).
+
+What the user can fix (bad --data, an unreachable server, an error the
+server answered) raises `dlserve.errors.ClientError`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dlserve.errors import CliError
+from dlserve.errors import ClientError
 from serving.tensors import DTYPE_BY_DATATYPE
 
 
@@ -22,7 +26,7 @@ def channel(url: str, tls_ca: Path | None = None) -> Any:
         try:
             ca = tls_ca.read_bytes()
         except OSError as exc:
-            raise CliError(f"cannot read --tls-ca {tls_ca}: {exc.strerror}") from exc
+            raise ClientError(f"cannot read --tls-ca {tls_ca}: {exc.strerror}") from exc
         return grpc.secure_channel(url, grpc.ssl_channel_credentials(ca))
     return grpc.insecure_channel(url)
 
@@ -32,11 +36,11 @@ def _load_data(text: str) -> Any:
         try:
             text = Path(text[1:]).read_text()
         except OSError as exc:
-            raise CliError(f"cannot read --data file {text[1:]}: {exc.strerror}") from exc
+            raise ClientError(f"cannot read --data file {text[1:]}: {exc.strerror}") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"--data is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+        raise ClientError(f"--data is not valid JSON: {exc.msg} at position {exc.pos}") from exc
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -57,7 +61,7 @@ def predict(args: argparse.Namespace) -> int:
             except grpc.RpcError as exc:
                 code = exc.code()
                 name = code.name if code is not None else "UNKNOWN"
-                raise CliError(f"server at {args.url} answered {name}: {exc.details()}") from exc
+                raise ClientError(f"server at {args.url} answered {name}: {exc.details()}") from exc
 
         meta = call(
             stub.ModelMetadata, pb.ModelMetadataRequest(name=args.model, version=args.version)
@@ -67,23 +71,27 @@ def predict(args: argparse.Namespace) -> int:
         if not isinstance(data, dict):
             if len(meta.inputs) != 1:
                 names = [i.name for i in meta.inputs]
-                raise CliError(f"model has inputs {names}: give --data as an object by name")
+                raise ClientError(f"model has inputs {names}: give --data as an object by name")
             data = {meta.inputs[0].name: data}
         unknown = sorted(set(data) - {i.name for i in meta.inputs})
         if unknown:
             names = [i.name for i in meta.inputs]
-            raise CliError(f"--data names input(s) {unknown} the model lacks; its inputs: {names}")
+            raise ClientError(
+                f"--data names input(s) {unknown} the model lacks; its inputs: {names}"
+            )
         request = pb.ModelInferRequest(model_name=args.model, model_version=args.version)
         for spec in meta.inputs:
             if spec.name not in data:
-                raise CliError(f"--data lacks input '{spec.name}'")
+                raise ClientError(f"--data lacks input '{spec.name}'")
             dtype = DTYPE_BY_DATATYPE.get(spec.datatype)
             if dtype is None or spec.datatype == "BYTES":
-                raise CliError(f"input '{spec.name}' is {spec.datatype}; predict sends numbers")
+                raise ClientError(f"input '{spec.name}' is {spec.datatype}; predict sends numbers")
             try:
                 array = np.asarray(data[spec.name], dtype=dtype)
             except (TypeError, ValueError) as exc:
-                raise CliError(f"--data for '{spec.name}' is not a {spec.datatype} array") from exc
+                raise ClientError(
+                    f"--data for '{spec.name}' is not a {spec.datatype} array"
+                ) from exc
             if len(spec.shape) and spec.shape[0] == -1 and array.ndim == len(spec.shape) - 1:
                 array = array[np.newaxis]  # one example for a batching model
             request.inputs.add(name=spec.name, datatype=spec.datatype, shape=array.shape)

@@ -206,12 +206,12 @@ def _check_port(host: str, port: int, flag: str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from serving.client import predict
+    from dlserve.predict import predict
 
     return predict(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from serving.bench import main
+    from dlserve.bench import main
 
     return main(args)

@@ -12,6 +12,9 @@ SIGTERM/SIGINT so every worker drains, and exits 0 when they all did.
 Limits, by design: explicit model control would reach only the worker that
 answers the RPC, so it needs ``--workers 1``; ModelStatistics answers for
 the worker that received the call.
+
+`run_workers` raises `WorkersError` when the workers cannot start as asked
+(``dlserve.cli`` turns it into the command's one stderr line).
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ import tempfile
 import threading
 import time
 
-from dlserve.errors import CliError
 from serving.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
+
+
+class WorkersError(Exception):
+    """The workers cannot start as asked; `str(exc)` is one line for the user."""
 
 
 def _spawn(settings: ServingSettings, load_models: list[str], index: int, metrics_dir: str):  # type: ignore[no-untyped-def]
@@ -58,7 +64,7 @@ def _wait_ready(children: list[tuple[subprocess.Popen[bytes], int]]) -> None:
     while pending:
         timeout = deadline - time.monotonic()
         if timeout <= 0:
-            raise CliError(f"{len(pending)} worker(s) not ready after {READY_TIMEOUT_S:.0f} s")
+            raise WorkersError(f"{len(pending)} worker(s) not ready after {READY_TIMEOUT_S:.0f} s")
         readable, _, _ = select.select(list(pending), [], [], min(timeout, 1.0))
         for fd in readable:
             chunk = os.read(fd, 4096)
@@ -67,7 +73,9 @@ def _wait_ready(children: list[tuple[subprocess.Popen[bytes], int]]) -> None:
                 line = buffers[fd].split(b"\n", 1)[0].decode(errors="replace")
                 del pending[fd]
                 if line != "ready":
-                    raise CliError(line.removeprefix("error ") or "a worker exited during start")
+                    raise WorkersError(
+                        line.removeprefix("error ") or "a worker exited during start"
+                    )
 
 
 def run_workers(settings: ServingSettings, load_models: list[str], workers: int) -> int:
@@ -77,9 +85,9 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
     from serving.http_server import MetricsHttpServer, make_app
 
     if settings.grpc_port == 0:
-        raise CliError("--workers > 1 needs a fixed --grpc-port (workers share it)")
+        raise WorkersError("--workers > 1 needs a fixed --grpc-port (workers share it)")
     if settings.model_control_mode == "explicit":
-        raise CliError(
+        raise WorkersError(
             "--model-control-mode explicit needs --workers 1 (a load would reach one worker)"
         )
     metrics_dir = tempfile.mkdtemp(prefix="dlserve-metrics-")
@@ -97,7 +105,7 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
         try:
             http = MetricsHttpServer(make_app(registry), settings.host, settings.metrics_port)
         except OSError as exc:
-            raise CliError(
+            raise WorkersError(
                 f"cannot listen for metrics on {settings.host}:{settings.metrics_port}: "
                 f"{exc.strerror}"
             ) from exc

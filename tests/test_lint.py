@@ -1,5 +1,5 @@
 """The code stays lint-clean: ruff (E, F, I, B and formatting) everywhere,
-mypy --strict on serving/ (configured in pyproject.toml)."""
+mypy --strict on dlserve/ and serving/ (configured in pyproject.toml)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,14 @@
-"""``dlserve train`` and ``dlserve experiment``.
+"""``dlserve train`` and ``dlserve experiment``: the training stage's command line.
 
 Cheap to import: argparse only. PyTorch is imported when a command runs, so
 ``dlserve --help`` works on a serving-only install. Everything argparse can
 check (choices, numbers, ``--hidden``) fails with one usage line before torch
 is loaded.
+
+The training modules raise `training.errors.TrainingError`s, which
+``dlserve.cli.main`` ends the command on (one stderr line, exit 2); this
+module raises `CliError` for what only it knows: inconsistent flags, the
+missing train extra, and a refused export's exit code 1.
 """
 
 from __future__ import annotations
@@ -93,12 +98,18 @@ def _register_train(subparsers: Any) -> None:
         ),
         epilog=(
             f"presets: {presets}. Examples: dlserve train --preset mlp-circle; "
+            "dlserve train --all-presets --fresh; "
             "dlserve train --name my-spiral --dataset spiral --model mlp --hidden 16,16 "
             "--activation tanh --epochs 500"
         ),
     )
     what = p.add_argument_group("what to train (a preset, or --name/--dataset/--model)")
     what.add_argument("--preset", choices=list(PRESETS), help="one of the five default models")
+    what.add_argument(
+        "--all-presets",
+        action="store_true",
+        help="train all five presets, each as defined (make models: with --fresh)",
+    )
     what.add_argument(
         "--name", help="model name (folder under the repository); default: the preset's name"
     )
@@ -154,6 +165,11 @@ def _register_train(subparsers: Any) -> None:
         "--runs-dir", default="runs", metavar="DIR", help="where reports go (default: runs)"
     )
     out.add_argument(
+        "--fresh",
+        action="store_true",
+        help="replace the model folder with one holding only the new version 1",
+    )
+    out.add_argument(
         "--dry-run", action="store_true", help="train on one batch and stop (no export)"
     )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -187,6 +203,23 @@ _OVERRIDES = (
     "n_samples",
     "noise",
 )
+
+
+def _flag(dest: str) -> str:
+    return "--samples" if dest == "n_samples" else "--" + dest.replace("_", "-")
+
+
+def configs_from_args(args: argparse.Namespace) -> list[TrainConfig]:
+    """The `TrainConfig` of each run, in order (raises CliError when inconsistent)."""
+    if args.fresh and args.dry_run:
+        raise CliError("--dry-run exports nothing for --fresh to replace: drop one")
+    if not args.all_presets:
+        return [config_from_args(args)]
+    given = [_flag(k) for k in ("preset", "name", "dataset", "model") if getattr(args, k)]
+    given += [_flag(k) for k in _OVERRIDES if getattr(args, k) is not None]
+    if given:
+        raise CliError(f"--all-presets trains each preset as defined: drop {'/'.join(given)}")
+    return list(PRESETS.values())
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -223,35 +256,43 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    from training.repository import RepositoryError, check_repository_writable, preflight
+    configs = configs_from_args(args)
+    repository, runs_dir = Path(args.repository), Path(args.runs_dir)
+    from training.repository import check_repository_writable, preflight
 
     if not args.dry_run:  # fail before the slow part (importing torch, training)
-        try:
-            preflight(Path(args.repository), cfg.name)
-            check_repository_writable(Path(args.runs_dir), cfg.name)
-        except RepositoryError as exc:
-            raise CliError(str(exc)) from None
+        for cfg in configs:
+            if args.fresh:  # the model folder is replaced, whatever it holds
+                check_repository_writable(repository)
+            else:
+                preflight(repository, cfg.name)
+            check_repository_writable(runs_dir, cfg.name)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise CliError(TRAIN_EXTRA_HINT) from None
 
-    from training.export import ExportError, ParityError
-    from training.pipeline import run
+    from training.export import ParityError
+    from training.pipeline import run, run_fresh
 
-    try:
-        run(
-            cfg,
-            repository=Path(args.repository),
-            runs_dir=Path(args.runs_dir),
-            dry_run=args.dry_run,
-            progress=not args.no_progress,
-        )
-    except ParityError as exc:
-        raise CliError(str(exc), exit_code=1) from None
-    except (ExportError, ValueError) as exc:
-        raise CliError(str(exc)) from None
+    for cfg in configs:
+        try:
+            if args.fresh:
+                run_fresh(
+                    cfg, repository=repository, runs_dir=runs_dir, progress=not args.no_progress
+                )
+            else:
+                run(
+                    cfg,
+                    repository=repository,
+                    runs_dir=runs_dir,
+                    dry_run=args.dry_run,
+                    progress=not args.no_progress,
+                )
+        except ParityError as exc:
+            raise CliError(str(exc), exit_code=1) from None
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
     return 0
 
 

@@ -1,7 +1,9 @@
 """One `dlserve train` run: data -> model -> training -> parity-checked export -> report.
 
 `run` takes an explicit `TrainConfig` and paths (no argparse namespace) and
-returns a `TrainOutcome`; the CLI and `training.presets` are thin layers on it.
+returns a `TrainOutcome`; `run_fresh` is `run` into a model folder that then
+replaces the old one (``dlserve train --fresh``, ``make models``). The CLI is a
+thin layer on them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from training.models import (
 )
 from training.repository import TMP_PREFIX, check_repository_writable, preflight
 
-__all__ = ["TrainOutcome", "build_model", "run"]
+__all__ = ["TrainOutcome", "build_model", "run", "run_fresh"]
 
 
 @dataclass
@@ -242,6 +244,49 @@ def run(
         return outcome
     finally:
         torch.set_num_threads(threads_before)
+
+
+def run_fresh(
+    cfg: TrainConfig,
+    *,
+    repository: Path,
+    runs_dir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """`run`, then replace ``repository/<name>`` with a folder holding only the new version 1.
+
+    The new folder (config.pbtxt and labels.txt written afresh) is built under
+    ``<repository>/.dlserve-tmp-fresh-*`` and swapped in by rename; whatever the
+    old folder held (versions, a config that does not parse) is dropped. The
+    report's ``model_path`` names the final place.
+    """
+    check_repository_writable(repository)
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = repository / f"{TMP_PREFIX}fresh-{uuid.uuid4().hex}"
+    staging.mkdir()
+    target = repository / cfg.name
+    built = str(staging / cfg.name)
+    try:
+        outcome = run(
+            cfg,
+            repository=staging,
+            runs_dir=runs_dir,
+            progress=progress,
+            log=lambda line: log(line.replace(built, str(target))),
+        )
+        old = repository / f"{TMP_PREFIX}old-{uuid.uuid4().hex}"
+        if target.exists():
+            target.rename(old)
+        (staging / cfg.name).rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+        if outcome.report_dir is not None:
+            outcome.metrics["model_path"] = str(target / "1" / "model.onnx")
+            report.write_metrics(outcome.report_dir / "metrics.json", outcome.metrics)
+        log(f"{cfg.name}: {target} now holds only version 1")
+        return outcome
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _claim_report_dir(building: Path, parent: Path, version: int) -> Path:

@@ -9,7 +9,7 @@ Every write is atomic: files are written beside their target and
 to ``<name>/<N+1>``. The server only loads all-digit version folders and skips
 dot-folders, so it never sees a half-written version.
 
-Errors::
+Errors (under `training.errors.TrainingError`)::
 
     ExportError            base (export.py adds ParityError)
     └── RepositoryError    cannot write, or an existing config.pbtxt is unreadable
@@ -23,6 +23,8 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Sequence
+
+from training.errors import TrainingError
 
 __all__ = [
     "TMP_PREFIX",
@@ -43,7 +45,7 @@ TMP_PREFIX = ".dlserve-tmp-"
 INPUT_NAME = "input"
 
 
-class ExportError(Exception):
+class ExportError(TrainingError):
     """Base of export failures; ``str(exc)`` is a one-line message for the user."""
 
 

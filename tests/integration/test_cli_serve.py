@@ -1,6 +1,6 @@
-"""``dlserve serve`` start-up failures and ``dlserve predict``, as a user runs
-them: real processes, and errors that end in one line on stderr with a
-non-zero exit and no traceback."""
+"""``dlserve serve`` start-up failures, ``dlserve predict`` and ``dlserve bench``
+as a user runs them: real processes, and errors that end in one line on
+stderr with a non-zero exit and no traceback."""
 
 from __future__ import annotations
 
@@ -236,3 +236,41 @@ def test_predict_unreachable_server_is_one_line() -> None:
         predict(url, "--model", "classifier", "--data", "[[1, 2]]"), "dlserve predict: error:"
     )
     assert url in line and "UNAVAILABLE" in line
+
+
+# --- dlserve bench --------------------------------------------------------------
+
+
+def bench(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("bench", "--url", url, "--warmup", "0", "--duration", "0.3", *args, timeout=60)
+
+
+def test_bench_prints_a_row_per_concurrency_and_writes_json(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    out = tmp_path / "bench.json"
+    result = bench(server.url, "--model", "classifier", "--concurrency", "1,2", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    records = json.loads(out.read_text())
+    assert [r["concurrency"] for r in records] == [1, 2]
+    for record in records:
+        assert {"throughput_rps", "p50_ms", "p90_ms", "p99_ms", "errors"} <= set(record)
+        assert record["errors"] == 0 and record["requests"] > 0
+    assert len(result.stdout.strip().splitlines()) == 2 + len(records)  # title, header, rows
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--model", "classifier", "--concurrency", "1,x"], ["--concurrency", "'1,x'"]),
+        (["--model", "classifier", "--concurrency", "0"], ["--concurrency values must be >= 1"]),
+        (["--model", "classifier", "--batch-size", "0"], ["--batch-size must be >= 1"]),
+        (["--model", "no-such-model"], ["NOT_FOUND", "no-such-model"]),
+        (["--model", "classifier", "--json", "/nonexistent/b.json"], ["/nonexistent/b.json"]),
+    ],
+    ids=["concurrency-text", "concurrency-zero", "batch-size", "unknown-model", "json-path"],
+)
+def test_bench_errors_are_one_line(
+    server: ServerProcess, args: list[str], fragments: list[str]
+) -> None:
+    one_line_error(bench(server.url, *args), "dlserve bench: error:", *fragments)

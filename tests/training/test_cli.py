@@ -1,5 +1,5 @@
 """`dlserve train` end to end in a subprocess: versions, report location, bad input,
-and `python -m training.presets --fresh`."""
+`--fresh` and `--all-presets`."""
 
 from __future__ import annotations
 
@@ -77,6 +77,10 @@ def test_dry_run_trains_one_batch_and_writes_nothing(tmp_path: Path) -> None:
         (["--preset", "mlp-xor", "--repository", "afile/models"], "afile is not a directory"),
         (["--preset", "mlp-xor", "--runs-dir", "afile/runs"], "afile is not a directory"),
         (["--preset", "mlp-xor", "--repository", "repo"], "config.pbtxt does not parse (1:17"),
+        (["--all-presets", "--preset", "mlp-xor"], "as defined: drop --preset"),
+        (["--all-presets", "--epochs", "3", "--samples", "9"], "drop --epochs/--samples"),
+        (["--all-presets", "--repository", "afile/models"], "afile is not a directory"),
+        (["--preset", "mlp-xor", "--fresh", "--dry-run"], "--dry-run exports nothing"),
     ],
 )
 def test_bad_input_one_line_no_traceback_nothing_written(
@@ -109,26 +113,30 @@ def test_help_does_not_import_torch(tmp_path: Path) -> None:
     assert dlserve("train", "--help", cwd=tmp_path).returncode == 0
 
 
-def test_presets_fresh_replaces_the_model_folder_with_version_1(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_fresh_replaces_the_model_folder_with_version_1(tmp_path: Path) -> None:
     model_dir = tmp_path / "m" / "perceptron-linear"
     for version in ("3", "4"):  # an older model with two versions and its own config
         (model_dir / version).mkdir(parents=True)
         (model_dir / version / "model.onnx").write_bytes(b"old")
     (model_dir / "config.pbtxt").write_text("this is not a config\n")
-    cmd = [sys.executable, "-m", "training.presets", "perceptron-linear", "--repository", "m"]
-    proc = subprocess.run([*cmd, "--fresh"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    cmd = ("train", "--preset", "perceptron-linear", "--repository", "m", "--no-progress")
+    proc = dlserve(*cmd, "--fresh", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in model_dir.iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert 'name: "perceptron-linear"' in (model_dir / "config.pbtxt").read_text()
     assert "m/perceptron-linear/1/model.onnx" in proc.stdout
+    assert "m/perceptron-linear now holds only version 1" in proc.stdout
+    assert ".dlserve-tmp-" not in proc.stdout
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["perceptron-linear"]
-    assert (tmp_path / "runs" / "perceptron-linear" / "v1" / "metrics.json").is_file()
-    bad = subprocess.run(
-        [sys.executable, "-m", "training.presets", "nope"],
-        cwd=tmp_path, env=env, capture_output=True, text=True,
-    )  # fmt: skip
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    metrics = (tmp_path / "runs" / "perceptron-linear" / "v1" / "metrics.json").read_text()
+    assert '"model_path": "m/perceptron-linear/1/model.onnx"' in metrics
+
+
+def test_all_presets_dry_run_trains_each_preset_and_writes_nothing(tmp_path: Path) -> None:
+    proc = dlserve("train", "--all-presets", "--dry-run", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("dry run") == 5, proc.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_train_without_torch_says_which_extra_to_install(tmp_path: Path) -> None:

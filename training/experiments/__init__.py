@@ -19,7 +19,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlserve.errors import CliError
+from training.errors import ExperimentError
 from training.experiments.report import ExperimentReport, prepare_out
 
 #: The 2-D data sets (as in `training.datasets.DATASETS_2D`, repeated here so
@@ -60,17 +60,17 @@ def check_dataset(name: str, dataset: str | None) -> None:
         return
     if dataset in PLANE:
         why = EXPERIMENTS[name].datasets_why
-        raise CliError(
+        raise ExperimentError(
             f"--dataset {dataset} does not fit experiment {name}"
             + (f" ({why})" if why else "")
             + f"; choose one of {', '.join(allowed)}"
         )
     if dataset == "digits":
-        raise CliError(
+        raise ExperimentError(
             f"experiment {name} draws decision boundaries in the plane and needs a "
             f"2-D data set; choose --dataset from {', '.join(allowed)}"
         )
-    raise CliError(f"unknown --dataset {dataset!r}; choose one of {', '.join(allowed)}")
+    raise ExperimentError(f"unknown --dataset {dataset!r}; choose one of {', '.join(allowed)}")
 
 
 def command_line(name: str, *, dataset: str | None, seed: int, quick: bool) -> str:
@@ -86,9 +86,9 @@ def command_line(name: str, *, dataset: str | None, seed: int, quick: bool) -> s
 def run_experiment(name: str, *, dataset: str | None, seed: int, out: Path, quick: bool) -> int:
     """Run one experiment into `out`; print what was written; return the exit code."""
     if name not in EXPERIMENTS:
-        raise CliError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)}")
+        raise ExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(NAMES)}")
     if seed < 0:
-        raise CliError(f"--seed must be >= 0, got {seed}")
+        raise ExperimentError(f"--seed must be >= 0, got {seed}")
     check_dataset(name, dataset)
     out = prepare_out(Path(out))
     # Heavy imports (torch, matplotlib) only now, after the cheap checks.

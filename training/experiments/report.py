@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from dlserve.errors import CliError
+from training.errors import ExperimentError
 
 Cell = str | int | float | bool | None
 
@@ -130,19 +130,21 @@ class ExperimentReport:
                 json.dumps(_clean(payload), indent=2, sort_keys=True) + "\n", encoding="utf-8"
             )
         except OSError as exc:
-            raise CliError(f"cannot write the report into {self.out}: {exc.strerror}") from exc
+            raise ExperimentError(
+                f"cannot write the report into {self.out}: {exc.strerror}"
+            ) from exc
         return [report, results, *(self.out / name for name in self.images)]
 
 
 def prepare_out(out: Path) -> Path:
-    """Create the output folder (and parents); a user-fixable failure is a CliError."""
+    """Create the output folder (and parents); a user-fixable failure is an ExperimentError."""
     if out.exists() and not out.is_dir():
-        raise CliError(f"--out {out} exists and is not a folder")
+        raise ExperimentError(f"--out {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise CliError(f"cannot write into --out {out}: {exc.strerror}") from exc
+        raise ExperimentError(f"cannot write into --out {out}: {exc.strerror}") from exc
     return out
