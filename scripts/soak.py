@@ -12,6 +12,13 @@ model or version, wrong datatype, shape, byte length, input name, a batch over
 max_batch_size, zero rows, bytes that are no protobuf message) must get its
 contract status code.
 
+``--stuck-streams N`` adds N ModelStreamInfer clients that send large
+requests as fast as the server reads them and never read an answer (the
+server's stream window must bound what they cost). ``--publish-every S``
+serves a copy of the repository in poll mode and copies the first model's
+newest version to a new version number every S seconds (the default version
+policy then retires the old one while traffic flows).
+
 Reports the server's RSS every 10 s and, each minute, throughput and
 p50/p99 latency of good requests. Exits non-zero if any good request failed,
 any bad one got the wrong code, or RSS grew by more than ``--max-rss-growth``
@@ -245,6 +252,33 @@ async def load_models(url: str, names: list[str], repository: Path) -> list[Mode
     return models
 
 
+async def stuck_stream(channel: grpc.aio.Channel, model: Model, stop_at: float) -> None:
+    """Sends for as long as the server reads; never reads an answer."""
+    x = np.ones((model.max_batch, *model.shape), np.float32)
+
+    async def requests() -> Any:
+        while time.monotonic() < stop_at:
+            yield request(model, x)
+
+    call = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(requests())
+    await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
+    call.cancel()
+
+
+async def publish(repository: Path, model: str, every: float, stop_at: float) -> None:
+    """A new version of ``model`` every ``every`` seconds (a copy of its newest)."""
+    import shutil
+
+    folder = repository / model
+    while time.monotonic() + every < stop_at:
+        await asyncio.sleep(every)
+        versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+        staging = folder / f".staging-{versions[-1] + 1}"
+        shutil.copytree(folder / str(versions[-1]), staging)
+        staging.rename(folder / str(versions[-1] + 1))
+        print(f"soak: published {model} version {versions[-1] + 1}")
+
+
 async def soak(args: argparse.Namespace, url: str, pid: int | None) -> Tally:
     models = await load_models(url, args.models.split(","), args.repository)
     tally = Tally(last_minute=max(0, int(np.ceil(args.minutes)) - 1))
@@ -261,6 +295,15 @@ async def soak(args: argparse.Namespace, url: str, pid: int | None) -> Tally:
                 )  # fmt: skip
                 for i in range(args.concurrency)
             ),
+            *(
+                stuck_stream(channels[i % len(channels)], models[0], stop_at)
+                for i in range(args.stuck_streams)
+            ),  # fmt: skip
+            *(
+                [publish(args.repository, models[0].name, args.publish_every, stop_at)]
+                if args.publish_every > 0
+                else []
+            ),  # fmt: skip
         )
     finally:
         for channel in channels:
@@ -324,11 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=4, help="gRPC connections the clients share")
     p.add_argument("--warmup-secs", type=float, default=60.0)
     p.add_argument("--max-rss-growth", type=float, default=0.10)
+    p.add_argument("--stuck-streams", type=int, default=0, help="streams that never read")
+    p.add_argument("--publish-every", type=float, default=0.0, metavar="S",
+                   help="poll mode: a new version of the first model every S seconds")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the record here")
     p.add_argument("serve_args", nargs="*", help="extra `dlserve serve` flags (after --)")
     args = p.parse_args(argv)
 
     server = None
+    if args.publish_every > 0 and not args.url:
+        import shutil
+        import tempfile
+
+        copy = Path(tempfile.mkdtemp(prefix="dlserve-soak-")) / "models"
+        shutil.copytree(args.repository, copy)
+        args.repository = copy
+        args.serve_args = [*args.serve_args, "--model-control-mode", "poll",
+                           "--repository-poll-secs", "2"]  # fmt: skip
     if args.url:
         url, pid = args.url, args.pid
     else:

@@ -25,6 +25,7 @@ from serving.metrics import Metrics
 from serving.runtime import both_onnxruntimes_installed
 from serving.service import InferenceService
 from serving.settings import ServingSettings
+from serving.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +74,13 @@ class App:
         self._http: MetricsHttpServer | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self._watchdog: LoopWatchdog | None = None
 
     async def start(self) -> RunningServer:
         s = self.settings
+        if s.loop_watchdog_ms > 0:
+            self._watchdog = LoopWatchdog(asyncio.get_running_loop(), s.loop_watchdog_ms / 1000)
+            self._watchdog.start()
         try:
             credentials = load_credentials(s)
         except CredentialError as exc:
@@ -100,7 +105,8 @@ class App:
         except OSError as exc:
             where = "gRPC" if self._http is None and not self.worker else "metrics"
             raise StartupError(
-                str(exc) if where == "gRPC" or not exc.strerror
+                str(exc)
+                if where == "gRPC" or not exc.strerror
                 else f"cannot listen for metrics on {s.host}:{s.metrics_port}: {exc.strerror}"
             ) from exc
         await self.grpc.start()
@@ -160,6 +166,8 @@ class App:
             self._http.stop()
         # A batch already inside onnxruntime cannot be interrupted: wait for it.
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._watchdog is not None:
+            self._watchdog.stop()
         logger.info("stopped")
 
     async def _linger(self, deadline: float) -> None:

@@ -135,7 +135,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError("--load-model needs --model-control-mode explicit")
     _check_ports(settings)
 
-    from serving.grpc_api.server import StartupError, serve
+    from serving.app import StartupError, serve
     from serving.log import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -203,8 +203,7 @@ class ModelManager:
         if entry is None or not entry.ready_versions():
             why = entry.why_not_ready() if entry is not None else ""
             raise ModelLoadError(
-                f"failed to load model '{name}': "
-                + (why or "no version folder with a model file")
+                f"failed to load model '{name}': " + (why or "no version folder with a model file")
             )
 
     async def unload_model(self, name: str) -> None:

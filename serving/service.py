@@ -295,4 +295,3 @@ def _with_timeout(timeout: object, started: float, deadline: float | None) -> fl
         return deadline
     own = started + timeout / 1e6
     return own if deadline is None else min(deadline, own)
-

@@ -106,6 +106,10 @@ class ServingSettings(BaseSettings):
     tls_client_ca: Path | None = None
     """PEM CA bundle: when set, clients must present a certificate it signed (mTLS)."""
 
+    loop_watchdog_ms: float = Field(default=0.0, ge=0)
+    """Log a warning whenever the event loop could not run for this long
+    (serving.watchdog; 0: off). The tests run every server with 100."""
+
     log_level: str = "INFO"
     """Python logging level name."""
 

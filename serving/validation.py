@@ -22,6 +22,17 @@ from serving.tensors import DTYPE_BY_DATATYPE, RequestedOutput, Tensor
 
 #: The 4-byte little-endian length before each raw BYTES element.
 _LENGTH = struct.Struct("<I")
+#: The longest client-supplied name a message echoes whole. Messages travel in
+#: a gRPC trailer (8 KiB by default): a 16 KiB name must not overflow it.
+NAME_LIMIT = 64
+
+
+def quoted(name: str) -> str:
+    """A client-supplied name as messages show it: in quotes, and past
+    NAME_LIMIT characters cut, with an ellipsis and the full length."""
+    if len(name) <= NAME_LIMIT:
+        return f"'{name}'"
+    return f"'{name[:NAME_LIMIT]}...' ({len(name)} characters)"
 
 
 def decode_bytes(
@@ -40,7 +51,7 @@ def decode_bytes(
     """
     view = memoryview(buffer.data if isinstance(buffer, np.ndarray) else buffer).cast("B")
     end = len(view)
-    where = f"input '{name}'" + (f" with shape {list(shape)}" if shape is not None else "")
+    where = f"input {quoted(name)}" + (f" with shape {list(shape)}" if shape is not None else "")
     if count is not None and count * 4 > end:
         raise InvalidInput(
             f"{where} needs {count} BYTES elements (at least {count * 4} bytes), got {end}"
@@ -51,12 +62,14 @@ def decode_bytes(
         if count is not None and len(items) == count:
             raise InvalidInput(f"{where} has more raw content than the {count} BYTES elements")
         if offset + 4 > end:
-            raise InvalidInput(f"input '{name}': BYTES raw content ends inside a length prefix")
+            raise InvalidInput(
+                f"input {quoted(name)}: BYTES raw content ends inside a length prefix"
+            )
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > end:
             raise InvalidInput(
-                f"input '{name}': BYTES element of {length} bytes runs past the raw content"
+                f"input {quoted(name)}: BYTES element of {length} bytes runs past the raw content"
             )
         items.append(bytes(view[offset : offset + length]))
         offset += length
@@ -93,12 +106,22 @@ class ModelSignature:
         max_batch_size: int,
         inputs: Sequence[TensorSpec],
         outputs: Sequence[OutputSpec],
+        graph_inputs: frozenset[str] | None = None,
     ) -> None:
+        """``graph_inputs``: the inputs the ONNX graph cannot run without; an
+        ``optional`` config input among them is still required (Triton's
+        optional means the graph has a default)."""
         self.model = model
         self.max_batch_size = max_batch_size
         self.batching = max_batch_size > 0
         self.inputs = {spec.name: spec for spec in inputs}
         self.required = frozenset(s.name for s in inputs if not s.optional)
+        #: optional in the config, but the graph has no default for them
+        self.graph_required = frozenset(
+            s.name for s in inputs if s.optional and graph_inputs is not None
+            and s.name in graph_inputs
+        )  # fmt: skip
+        self.required |= self.graph_required
         self.outputs = {spec.name: spec for spec in outputs}
         self.output_names = tuple(spec.name for spec in outputs)
         self._expected = {
@@ -114,43 +137,43 @@ class ModelSignature:
             spec = self.inputs.get(tensor.name)
             if spec is None:
                 raise InvalidInput(
-                    f"model '{self.model}' has no input '{tensor.name}'; "
+                    f"model '{self.model}' has no input {quoted(tensor.name)}; "
                     f"its inputs are {sorted(self.inputs)}"
                 )
             if tensor.name in feeds:
-                raise InvalidInput(f"input '{tensor.name}' is given more than once")
+                raise InvalidInput(f"input {quoted(tensor.name)} is given more than once")
             if tensor.datatype != spec.datatype:
                 raise InvalidInput(
-                    f"input '{tensor.name}' must be {spec.datatype}, got {tensor.datatype}"
+                    f"input {quoted(tensor.name)} must be {spec.datatype}, got {tensor.datatype}"
                 )
             shape = tensor.shape
             for d in shape:
                 if d <= 0:
                     raise InvalidInput(
-                        f"input '{tensor.name}' has shape {list(shape)}: every dimension must "
-                        f"be positive (a batch needs at least one row)"
+                        f"input {quoted(tensor.name)} has shape {list(shape)}: every dimension "
+                        f"must be positive (a batch needs at least one row)"
                     )
             dims = shape[1:] if self.batching else shape
             if len(dims) != len(spec.dims) or any(
                 w != -1 and w != d for w, d in zip(spec.dims, dims, strict=False)
             ):
                 raise InvalidInput(
-                    f"input '{tensor.name}' has shape {list(shape)}, expected "
+                    f"input {quoted(tensor.name)} has shape {list(shape)}, expected "
                     f"{self._expected[tensor.name]}"
                 )
             if self.batching:
                 rows = shape[0]
                 if rows > self.max_batch_size:
                     raise InvalidInput(
-                        f"input '{tensor.name}' has batch size {rows}, over the model's "
+                        f"input {quoted(tensor.name)} has batch size {rows}, over the model's "
                         f"max_batch_size {self.max_batch_size}"
                     )
                 if batch == -1:
                     batch = rows
                 elif rows != batch:
                     raise InvalidInput(
-                        f"inputs disagree on the batch size: '{tensor.name}' has {rows} rows, "
-                        f"an earlier input has {batch}"
+                        f"inputs disagree on the batch size: {quoted(tensor.name)} has {rows} "
+                        f"rows, an earlier input has {batch}"
                     )
             data = tensor.data
             count = 1
@@ -162,17 +185,23 @@ class ModelSignature:
                 if tensor.from_raw:
                     item = DTYPE_BY_DATATYPE[spec.datatype].itemsize
                     raise InvalidInput(
-                        f"input '{tensor.name}' with shape {list(shape)} needs "
+                        f"input {quoted(tensor.name)} with shape {list(shape)} needs "
                         f"{count * item} bytes of {spec.datatype} raw content, "
                         f"got {data.size * item}"
                     )
                 raise InvalidInput(
-                    f"input '{tensor.name}' with shape {list(shape)} needs {count} elements, "
+                    f"input {quoted(tensor.name)} with shape {list(shape)} needs {count} elements, "
                     f"got {data.size}"
                 )
             feeds[tensor.name] = data.reshape(shape)
         missing = self.required.difference(feeds)
         if missing:
+            if missing <= self.graph_required:
+                raise InvalidInput(
+                    f"model '{self.model}' needs input(s) {sorted(missing)}: config.pbtxt marks "
+                    "them optional, but the ONNX graph has no default for them; send them "
+                    "(or give the graph an initializer for them)"
+                )
             raise InvalidInput(
                 f"model '{self.model}' needs input(s) {sorted(missing)}; got {sorted(feeds)}"
             )
@@ -184,14 +213,14 @@ class ModelSignature:
             spec = self.outputs.get(out.name)
             if spec is None:
                 raise InvalidInput(
-                    f"model '{self.model}' has no output '{out.name}'; "
+                    f"model '{self.model}' has no output {quoted(out.name)}; "
                     f"its outputs are {list(self.output_names)}"
                 )
             if out.name in seen:
-                raise InvalidInput(f"output '{out.name}' is requested more than once")
+                raise InvalidInput(f"output {quoted(out.name)} is requested more than once")
             seen.add(out.name)
             if out.class_count < 0:
                 raise InvalidInput(
-                    f"output '{out.name}': classification needs class_count >= 1, "
+                    f"output {quoted(out.name)}: classification needs class_count >= 1, "
                     f"got {out.class_count}"
                 )

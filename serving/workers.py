@@ -153,7 +153,7 @@ def _worker_main() -> int:
 
     import uvloop
 
-    from serving.grpc_api.server import StartupError, serve
+    from serving.app import StartupError, serve
     from serving.log import configure_logging
 
     settings = ServingSettings.model_validate_json(args.settings_json)

@@ -91,9 +91,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             versions=list(meta.versions),
             platform=meta.platform,
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
-            outputs=[
-                tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs
-            ],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
         )
 
     @_rpc
@@ -312,7 +310,6 @@ def _stream_error(head: tuple[str, str, str], message: str) -> pb.ModelStreamInf
             model_name=model_name, model_version=model_version, id=request_id
         ),
     )
-
 
 
 def _duration(d: Any) -> pb.StatisticDuration:

@@ -217,7 +217,7 @@ def test_a_retired_runtime_is_freed_without_the_cyclic_gc(
         write(repo, 1, "2")
         app = make_app(repo, factory, mode="explicit")
         await app.manager.start(["m"])
-        for i in range(3):
+        for _ in range(3):
             await infer(app)
         first = runtime_of(app)
         write(repo, 1, "3")
