@@ -40,9 +40,9 @@ from google.protobuf import text_format
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from devtools.onnx_models import config_text, mlp  # noqa: E402
+from devtools.ports import free_port  # noqa: E402
 from serving._generated import model_config_pb2 as mc  # noqa: E402
-from tests.onnx_models import config_text, mlp  # noqa: E402
-from tests.support import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")

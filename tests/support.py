@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
+
+from devtools.ports import free_port
+
+__all__ = ["REQUIRE_SYSTEM_TOOLS", "free_port", "require_binary"]
 
 #: Set by .ci/run: a test that needs a system binary fails instead of skipping,
 #: so a missing install step in CI cannot hide behind a skip.
@@ -23,10 +26,3 @@ def require_binary(name: str, *candidates: str) -> str:
     if REQUIRE_SYSTEM_TOOLS:
         pytest.fail(f"{message}, but DLSERVE_REQUIRE_SYSTEM_TOOLS=1 (.ci/run must install it)")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("dlserve", "serving", "training", "benchmarks", "scripts")
+PACKAGES = ("dlserve", "serving", "training", "devtools", "benchmarks", "scripts")
 
 #: Modules that may import `dlserve.cli`: `python -m dlserve|serving|training`.
 ENTRY_POINTS = {"dlserve.__main__", "serving.__main__", "training.__main__"}

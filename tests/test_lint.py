@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PYTHON_DIRS = ["dlserve", "serving", "training", "tests", "benchmarks", "scripts"]
+PYTHON_DIRS = ["dlserve", "serving", "training", "tests", "devtools", "benchmarks", "scripts"]
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:

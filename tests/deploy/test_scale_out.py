@@ -12,8 +12,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.onnx_models import write_model
 from tests.deploy.promql import REPO
-from tests.onnx_models import write_model
 from tests.serverproc import ServerProcess
 
 README = REPO / "deploy" / "README.md"

@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 
-from tests.onnx_models import mlp, write_model
+from devtools.onnx_models import mlp, write_model
 from tests.serverproc import ServerProcess
 
 CLIENTS = 64

@@ -21,9 +21,10 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.onnx_models import mlp, write_model
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     CLASSIFIER_MAX_BATCH,
     infer_input,
     model_file,
@@ -32,7 +33,6 @@ from tests.integration.conftest import (
     rows,
     rpc_error,
 )
-from tests.onnx_models import mlp, write_model
 from tests.serverproc import ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

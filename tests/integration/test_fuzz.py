@@ -27,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.onnx_models import config_text, mlp, write_model
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.onnx_models import config_text, mlp, write_model
 from tests.serverproc import ServerProcess
 
 MIN_REQUESTS = 2000

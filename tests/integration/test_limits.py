@@ -10,95 +10,22 @@ takes: only on the order of events.
 
 from __future__ import annotations
 
-import re
-import urllib.request
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Iterator
 
 import grpc
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from devtools.onnx_models import mlp, slow_mlp, write_model
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.onnx_models import mlp, write_model
+from tests.integration.helpers import expected, inflight, outputs, request
 from tests.serverproc import ServerProcess, wait_for
 
 FLAG_QUEUE = 2  # --max-queue-size
 CONFIG_QUEUE = 1  # default_queue_policy.max_queue_size of model "slow-config-queue"
-
-
-def slow_mlp(seed: int = 0, matmuls: int = 80, n: int = 512) -> onnx.ModelProto:
-    """``mlp(seed=seed)`` with the same outputs, bit for bit, but slow: the
-    logits get ``0 * sum(M^(matmuls+1))`` added, where M (n x n) depends on
-    the input so onnxruntime cannot fold it away at load time."""
-    model = mlp(seed=seed)
-    graph = model.graph
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == "logits":
-                node.output[i] = "fast_logits"
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array([n, n], np.int64), "slow_shape"),
-            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
-        ]
-    )
-    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0 / n])
-    nodes = [
-        helper.make_node("ReduceSum", ["input"], ["slow_sum"], keepdims=0),
-        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_z"]),
-        helper.make_node("ConstantOfShape", ["slow_shape"], ["slow_fill"], value=fill),
-        helper.make_node("Add", ["slow_z", "slow_fill"], ["slow_m0"]),
-    ]
-    for i in range(matmuls):
-        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", "slow_m0"], [f"slow_m{i + 1}"]))
-    nodes += [
-        helper.make_node("ReduceSum", [f"slow_m{matmuls}"], ["slow_total"], keepdims=0),
-        helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
-        helper.make_node("Add", ["fast_logits", "slow_nothing"], ["logits"]),
-    ]
-    at = next(i for i, node in enumerate(graph.node) if node.op_type == "Softmax")
-    ordered = [*graph.node[:at], *nodes, *graph.node[at:]]
-    del graph.node[:]
-    graph.node.extend(ordered)
-    onnx.checker.check_model(model)
-    return model
-
-
-def request(model: str, x: np.ndarray, version: str = "") -> pb.ModelInferRequest:
-    r = pb.ModelInferRequest(model_name=model, model_version=version)
-    r.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
-    r.raw_input_contents.append(np.ascontiguousarray(x, dtype=np.float32).tobytes())
-    return r
-
-
-def outputs(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {
-        out.name: np.frombuffer(raw, dtype=np.float32).reshape(list(out.shape))
-        for out, raw in zip(response.outputs, response.raw_output_contents, strict=True)
-    }
-
-
-def expected(seed: int, x: np.ndarray) -> dict[str, np.ndarray]:
-    """What the fast twin of ``slow_mlp(seed)`` answers, run in-process."""
-    session = ort.InferenceSession(
-        mlp(seed=seed).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    logits, probabilities = session.run(["logits", "probabilities"], {"input": x})
-    return {"logits": logits, "probabilities": probabilities}
-
-
-def inflight(server: ServerProcess, model: str) -> float:
-    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10).read().decode()
-    match = re.search(
-        rf'^dlserve_inflight_requests{{model="{re.escape(model)}"}} (\S+)$', text, re.M
-    )
-    return float(match.group(1)) if match else 0.0
 
 
 # --- the server ---------------------------------------------------------------

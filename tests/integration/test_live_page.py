@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from devtools.onnx_models import mlp, write_model
 from tests.integration.loadgen import Load
-from tests.onnx_models import mlp, write_model
 from tests.serverproc import ServerProcess
 from tests.support import require_binary
 

@@ -15,8 +15,8 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from devtools.onnx_models import mlp, write_model
 from tests.integration.loadgen import good_input
-from tests.onnx_models import mlp, write_model
 from tests.serverproc import ServerProcess
 
 Labels = tuple[tuple[str, str], ...]

@@ -19,9 +19,9 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from devtools.onnx_models import mlp, write_model
 from tests.deploy import promql
 from tests.integration.loadgen import Load
-from tests.onnx_models import mlp, write_model
 from tests.serverproc import ServerProcess
 from tests.support import free_port, require_binary
 

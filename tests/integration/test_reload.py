@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 import pytest
 
+from devtools.onnx_models import mlp, slow_mlp, write_model
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.test_limits import expected, inflight, outputs, request, slow_mlp
-from tests.onnx_models import mlp, write_model
+from tests.integration.helpers import expected, inflight, outputs, request
 from tests.serverproc import ServerProcess, wait_for
 
 POLL = "0.2"

@@ -22,9 +22,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from devtools.onnx_models import config_text, mlp, write_model
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.onnx_models import config_text, mlp, write_model
 from tests.serverproc import ServerFailed, ServerProcess, wait_for
 
 POLL = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2")

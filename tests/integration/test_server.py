@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.conftest import (
+from tests.integration.helpers import (
     CLASSIFIER_LABELS,
     CLASSIFIER_MAX_BATCH,
     DEFAULT_MODELS,

@@ -19,10 +19,10 @@ import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
 
+from devtools.onnx_models import IR_VERSION, OPSET, mlp
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.conftest import infer_input, reference, rows, rpc_error
-from tests.onnx_models import IR_VERSION, OPSET, mlp
+from tests.integration.helpers import infer_input, reference, rows, rpc_error
 from tests.serverproc import ServerProcess, wait_for
 
 # Triton's documentation style, as found in its model repositories.

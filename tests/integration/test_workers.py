@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import tritonclient.grpc as tc
 
-from tests.onnx_models import write_model
+from devtools.onnx_models import write_model
 from tests.serverproc import ServerProcess, run_cli
 
 

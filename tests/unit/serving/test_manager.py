@@ -19,12 +19,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import pytest
 
+from devtools.onnx_models import config_text
 from serving.app import App
 from serving.errors import FailedPrecondition, ModelLoadError, ModelNotReady
 from serving.runtime import TensorInfo
 from serving.settings import ServingSettings
 from serving.tensors import InferRequest, Tensor
-from tests.onnx_models import config_text
 
 
 class FakeRuntime:
