@@ -1,5 +1,5 @@
 """The composition root: settings -> metrics, executor, loader, manager,
-service, and the transports over it (gRPC, the metrics HTTP endpoint);
+service, and the transports over it (REST, gRPC, the metrics HTTP endpoint);
 start, serve until a signal, drain, stop. The CLI, ``--workers``,
 ``benchmarks/inprocess.py`` and the in-process test server all build the
 process through ``App``; nothing else constructs a ``ModelManager``.
@@ -18,6 +18,7 @@ from typing import Callable
 from serving.credentials import CredentialError, load_credentials
 from serving.errors import ServingError
 from serving.grpc_api.server import GrpcFrontend
+from serving.http_api.server import HttpFrontend
 from serving.http_server import MetricsHttpServer, make_app
 from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
 from serving.manager import ModelManager
@@ -45,6 +46,8 @@ class StartupError(Exception):
 class RunningServer:
     grpc_port: int
     metrics_port: int
+    #: 0 when REST is off (--http-port 0).
+    http_port: int = 0
 
 
 class App:
@@ -71,6 +74,7 @@ class App:
             self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
         )
         self.grpc: GrpcFrontend | None = None
+        self.rest: HttpFrontend | None = None
         self._http: MetricsHttpServer | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -96,7 +100,13 @@ class App:
             raise StartupError(exc.message) from exc
         self.grpc = GrpcFrontend(s, self.service, token=credentials.token, tls=credentials.tls,
                                  reuse_port=self.worker)  # fmt: skip
+        if s.http_port:
+            self.rest = HttpFrontend(s, self.service, token=credentials.token,
+                                     reuse_port=self.worker)  # fmt: skip
+        http_port = 0
         try:
+            if self.rest is not None:
+                http_port = self.rest.bind()
             port = self.grpc.bind()
             if not self.worker:
                 self._http = MetricsHttpServer(
@@ -110,6 +120,8 @@ class App:
                 else f"cannot listen for metrics on {s.host}:{s.metrics_port}: {exc.strerror}"
             ) from exc
         await self.grpc.start()
+        if self.rest is not None:
+            await self.rest.start()
         if self._http is not None:
             self._http.start()
         self.service.ready = True
@@ -117,11 +129,12 @@ class App:
         failed = self.manager.not_ready()
         metrics_port = self._http.port if self._http is not None else s.metrics_port
         logger.info(
-            "dlserve %s %d model(s) %s on grpc %s, metrics http://%s:%d/metrics%s",
+            "dlserve %s %d model(s) %s on %sgrpc %s, metrics http://%s:%d/metrics%s",
             "worker serving" if self.worker else "serving", len(ready), ready,
-            f"{s.host}:{port}", s.host, metrics_port, f"; NOT ready: {failed}" if failed else "",
+            f"http {s.host}:{http_port}, " if http_port else "", f"{s.host}:{port}", s.host,
+            metrics_port, f"; NOT ready: {failed}" if failed else "",
         )  # fmt: skip
-        return RunningServer(port, metrics_port)
+        return RunningServer(port, metrics_port, http_port)
 
     def request_stop(self) -> None:
         """First call (SIGTERM/SIGINT): drain and stop. A second one while
@@ -145,6 +158,8 @@ class App:
         self.service.ready = False
         if self.grpc is not None:
             await self.grpc.enter_drain()
+        if self.rest is not None:
+            self.rest.enter_drain()
         drain = asyncio.ensure_future(self.manager.drain(timeout))
         force = asyncio.ensure_future(self._force.wait())
         await asyncio.wait((drain, force), return_when=asyncio.FIRST_COMPLETED)
@@ -157,7 +172,10 @@ class App:
             # them even when the timeout is spent); streams get what is left
             # of the timeout to finish. Anything after that is cancelled.
             left = max(SEND_GRACE_SECS, deadline - loop.time())
-            await self.grpc.stop(0.0 if self._force.is_set() else left)
+            grace = 0.0 if self._force.is_set() else left
+            await asyncio.gather(
+                self.grpc.stop(grace), *([self.rest.stop(grace)] if self.rest else [])
+            )
         if not drain.done():
             drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)

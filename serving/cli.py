@@ -14,8 +14,9 @@ from dlserve.errors import CliError
 
 #: serve flags that map 1:1 onto ServingSettings fields (None = not given).
 _SETTINGS_FLAGS = (
-    "model_repository", "host", "grpc_port", "metrics_port", "device", "model_control_mode",
-    "repository_poll_secs", "max_message_bytes", "max_queue_size", "max_queue_bytes",
+    "model_repository", "host", "http_port", "grpc_port", "metrics_port", "device",
+    "model_control_mode", "repository_poll_secs", "max_message_bytes", "max_queue_size",
+    "max_queue_bytes",
     "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
     "tls_key", "tls_client_ca", "log_level", "log_format",
@@ -25,13 +26,14 @@ _SETTINGS_FLAGS = (
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
-        help="run the inference server (KServe V2 gRPC + Prometheus metrics)",
-        description="Serve a Triton-layout model repository over KServe V2 gRPC. "
+        help="run the inference server (KServe V2 REST + gRPC, Prometheus metrics)",
+        description="Serve a Triton-layout model repository over KServe V2 REST and gRPC. "
         "Every flag can also be set by an environment variable SERVING_<FLAG> "
         "(e.g. SERVING_GRPC_PORT=9001); flags win.",
     )
     p.add_argument("--model-repository", type=Path, metavar="DIR", help="default: models")
     p.add_argument("--host", help="bind address (default 0.0.0.0)")
+    p.add_argument("--http-port", type=int, metavar="PORT", help="REST API; default 8000, 0: off")
     p.add_argument("--grpc-port", type=int, metavar="PORT", help="default 8001")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="default 8002")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
@@ -58,7 +60,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--workers", type=int, default=1, metavar="N",
-        help="server processes sharing the gRPC port (SO_REUSEPORT); default 1",
+        help="server processes sharing the HTTP and gRPC ports (SO_REUSEPORT); default 1",
     )  # fmt: skip
     p.add_argument("--inference-threads", type=int, metavar="N", help="onnxruntime threads")
     p.add_argument("--intra-op-threads", type=int, metavar="N")
@@ -76,11 +78,17 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
         help="send one inference request and print the outputs as JSON",
-        description="Send one ModelInfer request. --data is JSON: a nested list for the "
+        description="Send one inference request (gRPC, or REST with --protocol http or an "
+        "http:// --url). --data is JSON: a nested list for the "
         "model's single input, or an object {input_name: nested list}. A missing batch "
         "dimension is added. For classifiers the top classes are printed with labels.",
     )
-    p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT of the gRPC endpoint")
+    p.add_argument(
+        "--url", default="127.0.0.1:8001",
+        help="HOST:PORT of the server (gRPC 8001, or HTTP 8000 with --protocol http); "
+        "http://HOST:PORT or https://HOST:PORT picks HTTP",
+    )  # fmt: skip
+    p.add_argument("--protocol", choices=("grpc", "http"), help="default: from --url, else grpc")
     p.add_argument("--model", required=True)
     p.add_argument("--version", default="")
     p.add_argument("--data", required=True, help="JSON, or @FILE to read it from a file")
@@ -92,11 +100,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="closed-loop gRPC load: throughput and latency percentiles",
+        help="closed-loop gRPC or HTTP load: throughput and latency percentiles",
         description="Keep N requests in flight for a duration at each concurrency and "
         "report req/s, samples/s, p50/p90/p99 latency and errors.",
     )
-    p.add_argument("--url", default="127.0.0.1:8001")
+    p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT, or http://HOST:PORT")
+    p.add_argument("--protocol", choices=("grpc", "http"), help="default: from --url, else grpc")
     p.add_argument("--model", required=True)
     p.add_argument("--version", default="")
     p.add_argument("--concurrency", default="1,8,32", help="comma-separated, e.g. 1,8,32")
@@ -162,12 +171,16 @@ def _check_ports(settings: Any) -> None:
     """Fail fast, in one line, when a port is taken: before the models load
     (a large repository can take minutes) and before gRPC core logs its own
     multi-line bind error. The server still reports a bind that fails later."""
-    if settings.grpc_port and settings.grpc_port == settings.metrics_port:
-        raise CliError(f"--grpc-port and --metrics-port are both {settings.grpc_port}")
-    for flag, port in (
+    flags = (
+        ("--http-port", settings.http_port),
         ("--grpc-port", settings.grpc_port),
         ("--metrics-port", settings.metrics_port),
-    ):
+    )
+    for i, (flag, port) in enumerate(flags):
+        for other, other_port in flags[i + 1 :]:
+            if port and port == other_port:
+                raise CliError(f"{flag} and {other} are both {port}")
+    for flag, port in flags:
         if port:
             _check_port(settings.host, port, flag)
 

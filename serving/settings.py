@@ -43,7 +43,10 @@ class ServingSettings(BaseSettings):
     """Folder in Triton's layout: <name>/config.pbtxt, <name>/<version>/model.onnx."""
 
     host: str = "0.0.0.0"
-    """Address the gRPC and metrics servers bind to."""
+    """Address the HTTP, gRPC and metrics servers bind to."""
+
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    """HTTP port of the KServe V2 REST API (Triton's HTTP API). 0 turns it off."""
 
     grpc_port: int = Field(default=8001, ge=0, le=65535)
     """gRPC port (KServe V2 inference, health, reflection). 0 picks a free port."""
@@ -64,8 +67,9 @@ class ServingSettings(BaseSettings):
     """Rescan interval with model_control_mode=poll."""
 
     max_message_bytes: int = Field(default=16 * 1024 * 1024, gt=0, le=2**31 - 1)
-    """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED.
-    At most 2**31 - 1: gRPC takes it as a C int."""
+    """Largest gRPC message received or sent; larger ones get RESOURCE_EXHAUSTED
+    (over HTTP: a request body over it gets 413). At most 2**31 - 1: gRPC takes
+    it as a C int."""
 
     max_queue_size: int = Field(default=1024, ge=0)
     """Requests waiting per model version before new ones fail fast (0: unbounded).
@@ -98,7 +102,7 @@ class ServingSettings(BaseSettings):
     """File holding the bearer token required on inference and repository RPCs."""
 
     tls_cert: Path | None = None
-    """PEM server certificate (with tls_key) to serve gRPC over TLS."""
+    """PEM server certificate (with tls_key) to serve gRPC and HTTP over TLS."""
 
     tls_key: Path | None = None
     """PEM private key of tls_cert."""
