@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A longer fuzz run than ``make test`` does: the generators of
-``tests/integration/test_fuzz.py`` against a fresh ``dlserve serve``.
+``devtools/fuzzing.py`` (which ``tests/integration/test_fuzz.py`` runs
+briefly) against a fresh ``dlserve serve``.
 
     .venv/bin/python scripts/fuzz.py --requests 100000
 
@@ -29,8 +30,8 @@ import onnxruntime as ort  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from devtools import fuzzing as fz  # noqa: E402
 from serving._generated import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.integration import test_fuzz as fz  # noqa: E402
 from tests.serverproc import ServerProcess  # noqa: E402
 
 

@@ -207,6 +207,32 @@ def test_only_the_command_line_layer_imports_cli_errors() -> None:
     assert not libraries, f"{sorted(libraries)} raise CliError: give them their own errors"
 
 
+#: Tools that tests, scripts and benchmarks share live in devtools/; these
+#: import no test module. The exceptions wait for tests/serverproc.py to move
+#: to devtools/ (it was being edited when devtools/ was made).
+TOOL_PACKAGES = ("devtools", "benchmarks", "scripts")
+TEST_IMPORTS_PENDING = {("scripts.fuzz", "tests.serverproc"), ("scripts.soak", "tests.serverproc")}
+
+
+def test_tools_import_no_test_module() -> None:
+    found: set[tuple[str, str]] = set()
+    for name, mod in graph().items():
+        if name.split(".")[0] not in TOOL_PACKAGES:
+            continue
+        tree = ast.parse(mod.path.read_text(encoding="utf-8"), str(mod.path))
+        for node, _ in _import_statements(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif node.level == 0 and node.module:
+                targets = [node.module]
+            else:
+                continue
+            found |= {(name, t) for t in targets if t == "tests" or t.startswith("tests.")}
+    assert found <= TEST_IMPORTS_PENDING, (
+        f"import a test module: {sorted(found - TEST_IMPORTS_PENDING)}"
+    )
+
+
 def _reached_at_import(start: str) -> set[str]:
     modules = graph()
     seen, todo = {start}, [start]
