@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from tests.serverproc import ServerProcess
 
-        server = ServerProcess(args.repository, *args.serve_args).start()
+        server = ServerProcess(args.repository, *args.serve_args, allow_loop_stalls=True).start()
         assert server.proc is not None
         url, pid = server.url, server.proc.pid
         print(f"soak: started dlserve (pid {pid}) on {url}: {' '.join(server.command())}")
@@ -403,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             code = server.stop()
             print(f"soak: server exited with {code}")
+            stalls = server.loop_stalls()
+            print(f"soak: {len(stalls)} event-loop stall warning(s) over 100 ms")
+            for line in stalls[:5]:
+                print(f"soak:   {line}")
             if code != 0:
                 print(server.log()[-3000:])
     record, failures = summarize(args, tally)

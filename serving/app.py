@@ -64,7 +64,7 @@ class App:
         self.settings = settings
         self.load_models = load_models or []
         self.worker = worker
-        self.metrics = Metrics(enabled=settings.metrics_enabled)
+        self.metrics = Metrics(enabled=settings.metrics_enabled, lockless=not worker)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             settings.inference_threads, thread_name_prefix="onnxruntime"
         )

@@ -41,9 +41,9 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
+@pytest.fixture(params=[False, True], ids=["prometheus-histograms", "lockless-histograms"])
+def metrics(request: pytest.FixtureRequest) -> Metrics:
+    return Metrics(lockless=request.param)
 
 
 def test_families_names_types_and_labels_are_the_contracts(metrics: Metrics) -> None:

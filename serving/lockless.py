@@ -1,0 +1,88 @@
+"""Histograms without locks, for a server whose observations all happen on
+one thread (the event loop): a bisect and two additions per observation,
+where prometheus_client's ``Histogram`` scans the buckets and takes a lock
+per value (measured: see docs/performance.md, "metrics").
+
+Scrapes (another thread) copy a child's counts in one step under the GIL,
+so a scrape's ``+Inf`` bucket always equals its ``_count``; the ``_sum`` may
+lag one observation. ``--workers N`` cannot use them (each worker's values
+must reach the supervisor's multiprocess files): ``Metrics`` picks
+prometheus_client's histograms there.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from typing import Iterator, Sequence
+
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+
+class LocklessChild:
+    __slots__ = ("_bounds", "counts", "sum", "created")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative
+        self.sum = 0.0
+        self.created = time.time()  # the `_created` sample, as prometheus_client writes it
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class LocklessHistogram(Collector):
+    """One histogram family labelled (model, version), registered in ``registry``."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        """The arguments of prometheus_client's Histogram; labels must be
+        (model, version)."""
+        if tuple(labelnames) != ("model", "version"):
+            raise ValueError(f"lockless histograms are labelled (model, version), not {labelnames}")
+        self.name = name
+        self.documentation = documentation
+        bounds = tuple(float(b) for b in buckets)
+        self._bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
+        self._le = [floatToGoString(b) for b in self._bounds]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, str], LocklessChild] = {}
+        registry.register(self)
+
+    def labels(self, model: str, version: str) -> LocklessChild:
+        child = self._children.get((model, version))
+        if child is None:
+            child = self._children[(model, version)] = LocklessChild(self._bounds)
+        return child
+
+    def remove(self, model: str, version: str) -> None:
+        del self._children[(model, version)]
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=["model", "version"])]
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["model", "version"])
+        for (model, version), child in list(self._children.items()):
+            counts = list(child.counts)
+            total = 0
+            buckets = []
+            for le, count in zip(self._le, counts, strict=True):
+                total += count
+                buckets.append((le, float(total)))
+            family.add_metric([model, version], buckets, child.sum)
+            family.samples.append(
+                Sample(f"{self.name}_created", {"model": model, "version": version}, child.created)
+            )
+        yield family
