@@ -140,3 +140,16 @@ def prometheus_config(
     (job,) = [job for job in config["scrape_configs"] if job["job_name"] == SCRAPE_JOB]
     job["static_configs"] = [{"targets": list(targets)}]
     return config
+
+
+#: The metric families of shared/CONTRACT.md (histograms expose _bucket/_sum/_count).
+CONTRACT_FAMILIES = {
+    "dlserve_request_duration_seconds",
+    "dlserve_queue_duration_seconds",
+    "dlserve_compute_duration_seconds",
+    "dlserve_batch_size",
+    "dlserve_requests_total",
+    "dlserve_inflight_requests",
+    "dlserve_model_ready",
+}
+METRIC_NAME = re.compile(r"\b(dlserve_[a-z_]+?)(?:_bucket|_sum|_count)?\b")

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from tests.deploy import promql
-from tests.deploy.test_prometheus import _METRIC_NAME, CONTRACT_FAMILIES
 from tests.support import require_binary
 
 GRAFANA = promql.REPO / "deploy" / "grafana"
@@ -112,8 +111,8 @@ def test_dashboard_covers_the_issue(dashboard: dict[str, Any]) -> None:
     assert "dlserve_batch_size_bucket" in panel("Batch size distribution")[0]
     assert "dlserve_inflight_requests" in panel("In-flight requests per model")[0]
     assert "provider" in panel("readiness by execution provider")[0]
-    used = {m for exprs in by_title.values() for e in exprs for m in _METRIC_NAME.findall(e)}
-    assert used == CONTRACT_FAMILIES
+    used = {m for exprs in by_title.values() for e in exprs for m in promql.METRIC_NAME.findall(e)}
+    assert used == promql.CONTRACT_FAMILIES
 
 
 def test_provisioning_matches_compose_mounts() -> None:

@@ -18,6 +18,7 @@ import yaml
 
 from tests.deploy import crd_schemas, promql
 from tests.deploy import dockerfiles as df
+from tests.deploy.k8s import K8S_VERSIONS, arg
 from tests.support import require_binary
 
 K8S = promql.REPO / "deploy" / "k8s"
@@ -26,9 +27,6 @@ KUSTOMIZATIONS = {
     "gpu": K8S / "overlays" / "gpu",
     "hpa-inflight": K8S / "overlays" / "hpa-inflight",
 }
-#: Oldest Kubernetes we claim (gRPC probes GA in 1.27, 1.29 is the oldest
-#: schema set we check) and the newest kubernetes-validate knows.
-K8S_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 #: The server's drain after SIGTERM: `--exit-timeout-secs`, default 30.
 SERVER_DRAIN_SECONDS = 30
 KINDS = [
@@ -68,10 +66,6 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
     return c
-
-
-def arg(args: list[str], flag: str) -> str:
-    return args[args.index(flag) + 1]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)

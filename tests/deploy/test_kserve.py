@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.deploy import crd_schemas, promql
-from tests.deploy.test_k8s import K8S_VERSIONS, arg
+from tests.deploy.k8s import K8S_VERSIONS, arg
 
 KSERVE = promql.REPO / "deploy" / "kserve"
 

@@ -3,7 +3,6 @@ tests pass, and every expression is shaped so it can be evaluated alone."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -15,18 +14,6 @@ from tests.support import require_binary
 
 PROM_DIR = promql.REPO / "deploy" / "prometheus"
 RULES_UNIT_TESTS = sorted((PROM_DIR / "tests").glob("*.test.yml"))
-
-#: The metric families of shared/CONTRACT.md (histograms expose _bucket/_sum/_count).
-CONTRACT_FAMILIES = {
-    "dlserve_request_duration_seconds",
-    "dlserve_queue_duration_seconds",
-    "dlserve_compute_duration_seconds",
-    "dlserve_batch_size",
-    "dlserve_requests_total",
-    "dlserve_inflight_requests",
-    "dlserve_model_ready",
-}
-_METRIC_NAME = re.compile(r"\b(dlserve_[a-z_]+?)(?:_bucket|_sum|_count)?\b")
 
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -130,9 +117,9 @@ def test_every_extracted_expression_parses(tmp_path: Path) -> None:
 
 def test_rules_use_only_contract_metrics() -> None:
     for e in promql.recording_rule_exprs() + promql.alert_rule_exprs():
-        names = set(_METRIC_NAME.findall(e.expr))
+        names = set(promql.METRIC_NAME.findall(e.expr))
         assert names or e.expr == f'up{{job="{promql.SCRAPE_JOB}"}}', e
-        assert names <= CONTRACT_FAMILIES, (e.name, names - CONTRACT_FAMILIES)
+        assert names <= promql.CONTRACT_FAMILIES, (e.name, names - promql.CONTRACT_FAMILIES)
 
 
 def test_prometheus_config_helper_points_at_targets() -> None:

@@ -19,7 +19,7 @@ from serving._generated import model_config_pb2 as mc
 from training import datasets
 from training.presets import PRESETS
 
-from .test_presets import TARGETS
+from .targets import TARGETS
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

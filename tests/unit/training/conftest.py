@@ -1,12 +1,5 @@
-"""Training tests run torch on one thread: these models are tiny, and on a busy
-2-core machine a second thread makes them several times slower."""
+"""Training tests run torch on one thread (the fixture is in tests/torch_threads.py)."""
 
-from __future__ import annotations
+from tests.torch_threads import _one_torch_thread
 
-import pytest
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread() -> None:
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
+__all__ = ["_one_torch_thread"]
