@@ -3,7 +3,8 @@
 Health checks, reflection, ServerLive and ServerReady stay open so probes
 work without the token; everything else (inference, metadata, statistics,
 the repository API) needs ``authorization: Bearer <token>``. The scheme is
-case-insensitive (RFC 6750); the token is compared in constant time, as
+case-insensitive and one or more spaces may follow it (RFC 6750, RFC 7235's
+1*SP); the token is compared in constant time, as
 SHA-256 digests so that not even its length leaks through timing.
 """
 
@@ -50,6 +51,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         """Whether an ``authorization`` header value carries the token."""
         value = authorization.encode() if isinstance(authorization, str) else authorization
         scheme, _, credential = value.partition(b" ")
+        credential = credential.lstrip(b" ")  # RFC 6750: "Bearer" 1*SP token
         # Always hash and compare, whatever the scheme, so a wrong scheme
         # takes as long as a wrong token.
         match = hmac.compare_digest(_digest(credential), self._expected)

@@ -17,6 +17,7 @@ import numpy as np
 from serving._generated import grpc_service_pb2 as pb
 from serving.errors import InvalidInput
 from serving.tensors import DTYPE_BY_DATATYPE, InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.validation import quoted
 
 #: datatype -> the InferTensorContents field that carries it.
 CONTENTS_FIELD = {
@@ -60,7 +61,8 @@ def _narrow(values: Any, dtype: np.dtype[Any], name: str, datatype: str) -> np.n
         if low < info.min or high > info.max:
             bad = low if low < info.min else high
             raise InvalidInput(
-                f"input '{name}': {datatype} values must be in {info.min}..{info.max}, got {bad}"
+                f"input {quoted(name)}: {datatype} values must be in "
+                f"{info.min}..{info.max}, got {bad}"
             )
     return wide.astype(dtype)
 
@@ -85,17 +87,17 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         dtype = DTYPE_BY_DATATYPE.get(datatype)
         if dtype is None:
             raise InvalidInput(
-                f"input '{name}' has unknown datatype '{datatype[:32]}'; "
+                f"input {quoted(name)} has unknown datatype {quoted(datatype)}; "
                 f"use one of {sorted(DTYPE_BY_DATATYPE)}"
             )
         shape = tuple(inp.shape)
         if len(shape) > _MAX_RANK:
-            raise InvalidInput(f"input '{name}' has rank {len(shape)}, over {_MAX_RANK}")
+            raise InvalidInput(f"input {quoted(name)} has rank {len(shape)}, over {_MAX_RANK}")
         has_typed = inp.HasField("contents")
         if raw:
             if has_typed:
                 raise InvalidInput(
-                    f"input '{name}' has both typed contents and raw_input_contents; "
+                    f"input {quoted(name)} has both typed contents and raw_input_contents; "
                     "send one or the other"
                 )
             buffer = raw[i]
@@ -106,7 +108,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             else:
                 if len(buffer) % dtype.itemsize:
                     raise InvalidInput(
-                        f"input '{name}': {len(buffer)} bytes of raw content is not a whole "
+                        f"input {quoted(name)}: {len(buffer)} bytes of raw content is not a whole "
                         f"number of {datatype} elements ({dtype.itemsize} bytes each)"
                     )
                 data = np.frombuffer(buffer, dtype=dtype)
@@ -114,18 +116,20 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
             continue
         if not has_typed:
             raise InvalidInput(
-                f"input '{name}' carries no data: set "
+                f"input {quoted(name)} carries no data: set "
                 f"contents.{CONTENTS_FIELD.get(datatype, 'raw')}"
                 " or raw_input_contents"
             )
         field = CONTENTS_FIELD.get(datatype)
         if field is None:
-            raise InvalidInput(f"input '{name}': {datatype} can only be sent as raw_input_contents")
+            raise InvalidInput(
+                f"input {quoted(name)}: {datatype} can only be sent as raw_input_contents"
+            )
         contents = inp.contents
         for other in _ALL_CONTENTS:
             if other != field and len(getattr(contents, other)):
                 raise InvalidInput(
-                    f"input '{name}' is {datatype} but its data is in contents.{other}; "
+                    f"input {quoted(name)} is {datatype} but its data is in contents.{other}; "
                     f"use contents.{field}"
                 )
         values = getattr(contents, field)
@@ -147,12 +151,14 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                 value = _parameter(out.parameters["classification"])
                 if not isinstance(value, int) or isinstance(value, bool):
                     raise InvalidInput(
-                        f"output '{out.name}': the classification parameter must be an integer"
+                        f"output {quoted(out.name)}: the classification parameter must be "
+                        "an integer"
                     )
                 count = value
                 if count < 1:
                     raise InvalidInput(
-                        f"output '{out.name}': classification needs class_count >= 1, got {count}"
+                        f"output {quoted(out.name)}: classification needs class_count >= 1, "
+                        f"got {count}"
                     )
             requested.append(RequestedOutput(out.name, count))
         outputs = tuple(requested)

@@ -5,8 +5,6 @@ default, and request names that never become file system paths.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,105 +14,18 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.test_limits import expected, outputs, request
 from tests.onnx_models import mlp, write_model
+from tests.pki import Pem, issue, make_ca
 from tests.serverproc import ServerFailed, ServerProcess, run_cli
 from tests.support import free_port
 
 TOKEN = "tok-3f9a81c2d4e5"
 X = np.array([[0.25, -0.5], [1.0, 2.0]], np.float32)
-
-# --- certificates -------------------------------------------------------------
-
-
-@dataclass
-class Pem:
-    cert: bytes
-    key: bytes
-
-
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def make_ca(name: str) -> tuple[Pem, ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .sign(key, hashes.SHA256())
-    )
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)), key, cert
-
-
-def issue(
-    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, server: bool
-) -> Pem:
-    key = _key()
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
 @dataclass
@@ -276,10 +187,12 @@ BAD_HEADERS = [
     ("authorization", f"Bearer {TOKEN[:-1]}"),
     ("authorization", TOKEN),
     ("authorization", f"Basic {TOKEN}"),
-    ("authorization", f"Bearer  {TOKEN}"),
     ("authorization", "Bearer "),
+    ("authorization", "Bearer   "),
     ("x-api-key", TOKEN),
 ]
+
+GOOD_HEADERS = [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"Bearer  {TOKEN}", f"BEARER   {TOKEN}"]
 
 
 @pytest.mark.parametrize(("method", "make"), PROTECTED, ids=[m for m, _ in PROTECTED])
@@ -291,8 +204,19 @@ def test_protected_rpcs_need_the_token(auth_channel: grpc.Channel, method: str, 
             call(make(), timeout=30, metadata=[header] if header else None)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, (header, info.value.details())
         assert "Bearer" in info.value.details()
-    for scheme in ("Bearer", "bearer"):  # the scheme is case-insensitive (RFC 6750)
-        call(make(), timeout=30, metadata=[("authorization", f"{scheme} {TOKEN}")])
+    # RFC 6750: "Bearer" 1*SP token, the scheme case-insensitive.
+    for value in GOOD_HEADERS:
+        call(make(), timeout=30, metadata=[("authorization", value)])
+
+
+def test_two_spaces_after_bearer_are_accepted(auth_server: ServerProcess) -> None:
+    """What curl-style clients and tritonclient send when a template adds a space."""
+    client = triton.InferenceServerClient(auth_server.url)
+    tensor = triton.InferInput("input", list(X.shape), "FP32")
+    tensor.set_data_from_numpy(X)
+    result = client.infer("model", [tensor], headers={"authorization": f"Bearer  {TOKEN}"})
+    np.testing.assert_allclose(result.as_numpy("logits"), expected(1, X)["logits"], rtol=1e-6)
+    client.close()
 
 
 def test_stream_needs_the_token(auth_channel: grpc.Channel) -> None:
@@ -337,13 +261,43 @@ def test_empty_token_file_is_refused_at_start(repo: Path, tmp_path: Path, conten
     token_file = tmp_path / "token"
     token_file.write_text(content)
     result = run_cli(
-        "serve", "--model-repository", str(repo), "--host", "127.0.0.1",
+        "serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--http-port", "0",
         "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
         "--auth-token-file", str(token_file), timeout=60,
     )  # fmt: skip
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "empty" in result.stderr.strip().splitlines()[-1]
+
+
+# --- client-supplied names in error messages -------------------------------------
+
+LONG = "n" * 16384  # echoed whole, a 16 KiB name overflows the 8 KiB gRPC trailer
+
+
+def long_named(kind: str) -> pb.ModelInferRequest:
+    r = request("model", X)
+    if kind == "input":
+        r.inputs[0].name = LONG
+    elif kind == "datatype":  # refused by the codec, before the model is looked at
+        r.inputs[0].name = LONG
+        r.inputs[0].datatype = "D" * 16384
+    else:
+        r.outputs.add(name=LONG)
+    return r
+
+
+@pytest.mark.parametrize("kind", ["input", "datatype", "output"])
+def test_long_names_are_capped_in_messages(auth_channel: grpc.Channel, kind: str) -> None:
+    stub = pb_grpc.GRPCInferenceServiceStub(auth_channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(
+            long_named(kind), timeout=30, metadata=[("authorization", f"Bearer {TOKEN}")]
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    details = info.value.details()
+    assert f"'{'n' * 64}...' (16384 characters)" in details
+    assert LONG not in details and len(details) < 1000, details[:200]
 
 
 # --- repository control and paths ---------------------------------------------

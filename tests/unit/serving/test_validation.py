@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from serving.errors import InvalidInput
 from serving.tensors import RequestedOutput, Tensor
-from serving.validation import ModelSignature, OutputSpec, TensorSpec
+from serving.validation import (
+    NAME_LIMIT,
+    ModelSignature,
+    OutputSpec,
+    TensorSpec,
+    decode_bytes,
+    quoted,
+)
 
 OUTPUTS = [OutputSpec("logits", "FP32", (3,)), OutputSpec("probabilities", "FP32", (3,))]
 
@@ -219,3 +226,79 @@ def test_check_outputs_rejects(requested: list[RequestedOutput], fragment: str) 
     with pytest.raises(InvalidInput) as info:
         BATCHED.check_outputs(requested)
     assert fragment in info.value.message
+
+
+# --- client-supplied names in messages ----------------------------------------------
+
+LONG = "n" * 16384  # a 16 KiB name: echoed whole, it would overflow the gRPC trailer
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("x", "'x'"),
+        ("", "''"),
+        ("a" * NAME_LIMIT, f"'{'a' * NAME_LIMIT}'"),
+        ("a" * (NAME_LIMIT + 1), f"'{'a' * NAME_LIMIT}...' ({NAME_LIMIT + 1} characters)"),
+        (LONG, f"'{'n' * NAME_LIMIT}...' (16384 characters)"),
+    ],
+    ids=["short", "empty", "at-limit", "one-over", "16KiB"],
+)
+def test_quoted_caps_names(name: str, shown: str) -> None:
+    assert quoted(name) == shown
+
+
+def capped(message: str) -> None:
+    """The message names the long name by its start and length, never whole."""
+    assert LONG not in message
+    assert f"'{'n' * NAME_LIMIT}...' (16384 characters)" in message
+    assert len(message) < 400, message
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        [t((1, 2), name=LONG)],
+        [t((1, 2), name=LONG), t((1, 2), name=LONG)],
+    ],
+    ids=["unknown-input", "unknown-input-twice"],
+)
+def test_long_input_names_are_capped(inputs: list[Tensor]) -> None:
+    with pytest.raises(InvalidInput) as info:
+        BATCHED.validate(inputs)
+    capped(info.value.message)
+
+
+def test_long_names_of_known_inputs_are_capped() -> None:
+    """A model whose own input name is long: every message about it is capped."""
+    signature = ModelSignature("long", 4, [TensorSpec(LONG, "FP32", (2,))], OUTPUTS)
+    for inputs in (
+        [t((1, 2), name=LONG, datatype="FP64")],
+        [t((1, 3), name=LONG)],
+        [t((5, 2), name=LONG)],
+        [t((0, 2), name=LONG)],
+        [t((1, 2), name=LONG, size=3)],
+        [t((1, 2), name=LONG), t((1, 2), name=LONG)],
+    ):
+        with pytest.raises(InvalidInput) as info:
+            signature.validate(inputs)
+        capped(info.value.message)
+
+
+def test_long_output_names_are_capped() -> None:
+    for requested in (
+        [RequestedOutput(LONG)],
+        [RequestedOutput(LONG, -1)],
+    ):
+        with pytest.raises(InvalidInput) as info:
+            BATCHED.check_outputs(requested)
+        capped(info.value.message)
+
+
+def test_long_names_are_capped_in_bytes_decoding() -> None:
+    with pytest.raises(InvalidInput) as info:
+        decode_bytes(prefixed(b"a")[:-1], LONG, 1, (1, 1))
+    capped(info.value.message)
+    with pytest.raises(InvalidInput) as info:
+        decode_bytes(prefixed(b"a")[:2], LONG)
+    capped(info.value.message)
