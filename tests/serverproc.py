@@ -2,6 +2,12 @@
 
 with ServerProcess(repo) as server:
     client = tritonclient.grpc.InferenceServerClient(server.url)
+
+Every server runs with the event-loop watchdog on (SERVING_LOOP_WATCHDOG_MS,
+LOOP_WATCHDOG_MS unless the caller's env sets it): stopping a server whose log
+says "event loop blocked for" fails the test with those lines, unless it was
+created with ``allow_loop_stalls=True`` (a test that blocks the loop on
+purpose). A server that does not know the setting ignores the variable.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support import free_port
 
+#: The watchdog threshold test servers run with (SERVING_LOOP_WATCHDOG_MS).
+LOOP_WATCHDOG_MS = 100
+#: What serving.watchdog logs when the event loop could not run for too long.
+LOOP_STALL_MARK = "event loop blocked for"
+
 
 class ServerFailed(RuntimeError):
     pass
@@ -33,12 +44,17 @@ class ServerProcess:
         ready_timeout: float = 60.0,
         wait_ready: bool = True,
         tls_ca: bytes | None = None,
+        allow_loop_stalls: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.grpc_port = free_port()
         self.metrics_port = free_port()
+        self.http_port = free_port()
         self.args = list(args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env.setdefault("SERVING_LOOP_WATCHDOG_MS", str(LOOP_WATCHDOG_MS))
+        self.allow_loop_stalls = allow_loop_stalls
+        self._stalls_checked = False
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
         self.tls_ca = tls_ca
@@ -50,6 +66,10 @@ class ServerProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
 
@@ -58,6 +78,7 @@ class ServerProcess:
             sys.executable, "-m", "dlserve", "serve",
             "--model-repository", str(self.repository),
             "--host", "127.0.0.1",
+            "--http-port", str(self.http_port),
             "--grpc-port", str(self.grpc_port),
             "--metrics-port", str(self.metrics_port),
             *self.args,
@@ -117,7 +138,26 @@ class ServerProcess:
                     f"server did not stop within {timeout}s:\n{self.log()}"
                 ) from None
         self._log.close()
+        self.check_loop_stalls()
         return int(self.proc.returncode)
+
+    def loop_stalls(self) -> list[str]:
+        """The watchdog's "event loop blocked for ..." lines in the log so far."""
+        return [line for line in self.log().splitlines() if LOOP_STALL_MARK in line]
+
+    def check_loop_stalls(self) -> None:
+        """Fail (once) if the server's event loop stalled, unless allowed."""
+        if self.allow_loop_stalls or self._stalls_checked:
+            return
+        self._stalls_checked = True
+        stalls = self.loop_stalls()
+        if stalls:
+            shown = "\n".join(stalls[:20])
+            raise AssertionError(
+                f"the server's event loop was blocked {len(stalls)} time(s) "
+                f"(SERVING_LOOP_WATCHDOG_MS={self.env.get('SERVING_LOOP_WATCHDOG_MS')}); "
+                f"pass allow_loop_stalls=True if the test does it on purpose:\n{shown}"
+            )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -155,4 +195,6 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  
     return bool(predicate())
 
 
-__all__: Sequence[str] = ("ServerProcess", "ServerFailed", "run_cli", "wait_for")
+__all__: Sequence[str] = (
+    "LOOP_STALL_MARK", "LOOP_WATCHDOG_MS", "ServerProcess", "ServerFailed", "run_cli", "wait_for",
+)  # fmt: skip

@@ -246,3 +246,37 @@ def test_corrupt_bytes_over_the_serving_file_keep_the_old_load(
         lambda: np.allclose(infer(stub, "model", X)[1]["logits"], expected(7, X)["logits"]), TIMEOUT
     )
     assert index(stub)[("model", "1")] == ("READY", "")
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_reloads_free_the_retired_sessions(tmp_path: Path) -> None:
+    """Probe F3: each reload of a 32 MiB model used to keep the old session
+    until the cyclic GC ran (+47 MB RSS per reload of a 48 MB model); ten
+    reloads must not keep ten sessions."""
+    repo = tmp_path / "models"
+    wide = 4096  # 2 x 4096 x 1024 floats: a 32 MiB first layer
+    write_model(repo, "big", model=mlp(features=wide, hidden=(2048,), seed=1))
+    with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "big") as server:
+        assert server.proc is not None
+        with grpc.insecure_channel(server.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            x = np.ones((1, wide), np.float32)
+            stub.ModelInfer(request("big", x), timeout=60)
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="big"), timeout=60)
+            stub.ModelInfer(request("big", x), timeout=60)
+            before = rss_mib(server.proc.pid)
+            for _ in range(10):
+                stub.RepositoryModelLoad(
+                    pb.RepositoryModelLoadRequest(model_name="big"), timeout=60
+                )
+                stub.ModelInfer(request("big", x), timeout=60)
+            after = rss_mib(server.proc.pid)
+    model_mib = 2 * wide * 2048 * 4 / 2**20
+    assert after - before < 3 * model_mib, (before, after)
