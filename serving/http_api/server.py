@@ -15,6 +15,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from typing import Callable
 
 import uvicorn
 
@@ -30,6 +31,8 @@ LIMIT_CONCURRENCY = 4096
 #: Seconds an idle keep-alive connection stays open.
 KEEP_ALIVE_SECS = 15
 BACKLOG = 2048
+#: Seconds an answered connection may take to close before it is dropped.
+CLOSE_SECS = 0.5
 
 
 class HttpFrontend:
@@ -100,14 +103,36 @@ class HttpFrontend:
         self.app.draining = True
 
     async def stop(self, grace: float) -> None:
-        """Close the listener and the idle connections; answers being sent
-        get ``grace`` seconds, then their connections are dropped."""
+        """Close the listener and the idle connections; the requests still
+        running get ``grace`` seconds, then are cancelled. Connections left
+        open after their answers went out (a TLS peer that never sends its
+        close_notify) are dropped after CLOSE_SECS instead of the 30 s of
+        asyncio's TLS shutdown timeout."""
         if self._main is None:
             return
-        self.server.should_exit = True
-        if grace <= 0:
-            self.server.force_exit = True
+        server, state = self.server, self.server.server_state
+        server.should_exit = True
         await self._main
-        self.config.timeout_graceful_shutdown = max(1, int(grace + 0.999))
-        await self.server.shutdown(sockets=None)
+        for listener in server.servers:
+            listener.close()
+        for connection in list(state.connections):
+            connection.shutdown()
+        loop = asyncio.get_running_loop()
+        await _until(lambda: not state.tasks, loop.time() + grace)
+        for task in list(state.tasks):
+            task.cancel()
+        await _until(lambda: not state.connections, loop.time() + CLOSE_SECS)
+        for connection in list(state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        for listener in server.servers:
+            await listener.wait_closed()
+        self._main = None
         self._socket = None
+
+
+async def _until(done: Callable[[], bool], deadline: float) -> None:
+    loop = asyncio.get_running_loop()
+    while not done() and loop.time() < deadline:
+        await asyncio.sleep(0.02)

@@ -1,0 +1,329 @@
+"""The REST port keeps the gRPC port's guarantees: the bearer token (health
+open), TLS and mutual TLS on the same flags, 413 over --max-message-bytes
+(from Content-Length before the body is read, and while it streams) with
+the server still correct, a graceful drain on SIGTERM, and hypothesis'
+malformed bodies, headers and paths answered with a 4xx JSON error."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.helpers import build_repo, model_file, reference
+from tests.integration.http_helpers import Http, error_of
+from tests.pki import issue, make_ca
+from tests.serverproc import ServerProcess
+
+X = [[0.25, -0.75]]
+BODY = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": X}]}
+).encode()
+INFER = "/v2/models/classifier/infer"
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repo(tmp_path_factory.mktemp("http-guarantees"))
+
+
+def assert_correct(api: Http, repo: Path, **headers: str) -> None:
+    status, _, data = api.request("POST", INFER, BODY, headers)
+    assert status == 200, data
+    logits = next(o for o in json.loads(data)["outputs"] if o["name"] == "logits")
+    want = reference(model_file(repo, "classifier"), np.asarray(X, np.float32))["logits"]
+    np.testing.assert_allclose(logits["data"], want.reshape(-1), atol=1e-6)
+
+
+# --- token --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    token = tmp_path_factory.mktemp("token") / "token"
+    token.write_text("s3cret-token\n")
+    with ServerProcess(repo, "--auth-token-file", str(token)) as proc:
+        yield proc
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2", "/v2/models/classifier", "/v2/models/classifier/config", "/v2/models/stats"]
+)
+@pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic s3cret-token", "Bearer"])
+def test_token_required(auth_server: ServerProcess, path: str, auth: str | None) -> None:
+    api = Http(auth_server.http_url)
+    status, headers, data = api.request("GET", path, None, {"Authorization": auth} if auth else {})
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert "token" in error_of(status, headers, data)
+    status, headers, data = api.request("POST", INFER, BODY)
+    assert status == 401
+
+
+def test_token_accepted_and_health_open(auth_server: ServerProcess, repo: Path) -> None:
+    api = Http(auth_server.http_url)
+    assert api.request("GET", "/v2/health/live")[0] == 200
+    assert api.request("GET", "/v2/health/ready")[0] == 200
+    for value in ("Bearer s3cret-token", "bearer  s3cret-token"):
+        assert api.request("GET", "/v2", None, {"Authorization": value})[0] == 200
+        assert_correct(api, repo, Authorization=value)
+    client = httpclient.InferenceServerClient(auth_server.http_url)
+    headers = {"Authorization": "Bearer s3cret-token"}
+    assert client.get_model_metadata("classifier", headers=headers)["name"] == "classifier"
+    client.close()
+
+
+# --- TLS ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca, ca_key, ca_cert = make_ca("dlserve test CA")
+    server = issue(ca_key, ca_cert, "dlserve", server=True)
+    client = issue(ca_key, ca_cert, "a client", server=False)
+    folder = tmp_path_factory.mktemp("http-pki")
+    files = {"ca.pem": ca.cert, "server.pem": server.cert, "server.key": server.key,
+             "client.pem": client.cert, "client.key": client.key}  # fmt: skip
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return {name: folder / name for name in files}
+
+
+def _context(pki: dict[str, Path], client_cert: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki["ca.pem"]))
+    if client_cert:
+        context.load_cert_chain(str(pki["client.pem"]), str(pki["client.key"]))
+    return context
+
+
+def _tls_server(repo: Path, pki: dict[str, Path], *extra: str) -> ServerProcess:
+    ca = pki["ca.pem"].read_bytes()
+    return ServerProcess(
+        repo, "--tls-cert", str(pki["server.pem"]), "--tls-key", str(pki["server.key"]), *extra,
+        tls_ca=ca, wait_ready=False,
+    )  # fmt: skip
+
+
+def _wait_https(server: ServerProcess, context: ssl.SSLContext) -> Http:
+    from tests.serverproc import wait_for
+
+    api = Http(server.http_url, context)
+
+    def up() -> bool:
+        try:
+            return api.request("GET", "/v2/health/ready")[0] == 200
+        except OSError:
+            api.close()
+            return False
+
+    assert wait_for(up, 60), server.log()
+    return api
+
+
+def test_tls(repo: Path, pki: dict[str, Path]) -> None:
+    with _tls_server(repo, pki) as server:
+        api = _wait_https(server, _context(pki, client_cert=False))
+        assert_correct(api, repo)
+        plain = Http(server.http_url)
+        with pytest.raises((OSError, Exception)):
+            plain.request("GET", "/v2/health/live")
+
+
+def test_mutual_tls(repo: Path, pki: dict[str, Path]) -> None:
+    with _tls_server(repo, pki, "--tls-client-ca", str(pki["ca.pem"])) as server:
+        api = _wait_https(server, _context(pki, client_cert=True))
+        assert_correct(api, repo)
+        anonymous = Http(server.http_url, _context(pki, client_cert=False))
+        with pytest.raises((ssl.SSLError, OSError)):
+            anonymous.request("GET", "/v2/health/live")
+
+
+# --- limits -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_server(repo: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(repo, "--max-message-bytes", "8192") as proc:
+        yield proc
+
+
+def _raw(url: str, head: bytes, body: bytes = b"") -> bytes:
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_413_before_the_body_and_while_streaming(small_server: ServerProcess, repo: Path) -> None:
+    # Content-Length says too much: answered without sending a byte of body.
+    answer = _raw(
+        small_server.http_url,
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"error"' in answer and b"max-message-bytes" in answer
+    # No Content-Length (chunked): refused once the streamed body passes the limit.
+    chunk = b"x" * 4096
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)) + b"0\r\n\r\n"
+    answer = _raw(
+        small_server.http_url,
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode(),
+        body,
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # A gzip body that inflates past the limit.
+    import gzip
+
+    api = Http(small_server.http_url)
+    bomb = gzip.compress(b" " * 100_000)
+    status, headers, data = api.request("POST", INFER, bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "max-message-bytes" in error_of(status, headers, data)
+    assert_correct(Http(small_server.http_url), repo)
+
+
+# --- drain --------------------------------------------------------------------
+
+
+def test_drain_answers_requests_in_flight(repo: Path) -> None:
+    """``delayed`` holds requests up to 0.5 s: SIGTERM arrives while they
+    wait; every one is answered, the exit code is 0."""
+    server = ServerProcess(repo, "--exit-timeout-secs", "20").start()
+    try:
+        results: list[int] = []
+        body = BODY
+        started = threading.Barrier(5)
+
+        def send() -> None:
+            api = Http(server.http_url)
+            started.wait()
+            results.append(api.request("POST", "/v2/models/delayed/infer", body)[0])
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for t in threads:
+            t.start()
+        started.wait()
+        import time
+
+        time.sleep(0.15)  # the requests reach the batcher (not a timing assertion)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    assert results == [200] * 4, server.log()
+
+
+# --- fuzz ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_api(small_server: ServerProcess) -> Iterator[Http]:
+    api = Http(small_server.http_url)
+    yield api
+    api.close()
+
+
+def _assert_4xx(answer: tuple[int, dict[str, str], bytes]) -> None:
+    status, headers, data = answer
+    assert 400 <= status < 500, (status, data[:300])
+    error_of(status, headers, data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+an_input = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.sampled_from(["input", "x", ""]) | json_values,
+        "shape": st.lists(st.integers(-3, 2**40), max_size=4) | json_values,
+        "datatype": st.sampled_from(["FP32", "FP16", "BYTES", "INT8", "BOOL", "nope"]),
+        "data": json_values,
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-5, 64)})
+        | json_values,
+    },
+)
+requests_ = st.fixed_dictionaries(
+    {"inputs": st.lists(an_input, min_size=1, max_size=3) | json_values},
+    optional={"outputs": json_values, "parameters": json_values, "id": json_values},
+)
+bodies = (
+    st.binary(max_size=64)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | requests_.map(lambda v: json.dumps(v).encode())
+    | st.tuples(requests_, st.binary(max_size=32)).map(lambda t: json.dumps(t[0]).encode() + t[1])
+)
+header_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)
+FUZZ = settings(
+    max_examples=700, deadline=None, database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)  # fmt: skip
+
+
+@FUZZ
+@given(body=bodies)
+def test_fuzz_bodies(fuzz_api: Http, body: bytes) -> None:
+    _assert_4xx(fuzz_api.request("POST", INFER, body))
+
+
+@FUZZ
+@given(
+    body=bodies,
+    length=st.integers(-2, 200).map(str) | header_values,
+    encoding=st.sampled_from(["gzip", "deflate", "identity", "br", ""]) | header_values,
+    accept=st.sampled_from(["gzip", "deflate", "gzip;q=0", "*"]) | header_values,
+)
+def test_fuzz_headers(fuzz_api: Http, body: bytes, length: str, encoding: str, accept: str) -> None:
+    headers = {"Inference-Header-Content-Length": length, "Content-Encoding": encoding,
+               "Accept-Encoding": accept}  # fmt: skip
+    _assert_4xx(fuzz_api.request("POST", INFER, body, headers))
+
+
+WORDS = ["v2", "models", "classifier", "versions", "1", "infer", "ready", "stats", "config",
+         "repository", "index", "load", "unload", "health", "%ff", ""]  # fmt: skip
+segment = st.text(
+    st.sampled_from("abcv2%0123456789ABCDEF._-~!$&'()*+,;=:@"), max_size=10
+) | st.sampled_from(WORDS)
+
+
+@FUZZ
+@given(
+    parts=st.lists(segment, max_size=6),
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+)
+def test_fuzz_paths(fuzz_api: Http, parts: list[str], method: str) -> None:
+    path = "/" + "/".join(parts)
+    status, headers, data = fuzz_api.request(method, path, b"{")
+    if status == 200:  # a GET route that takes no body (health, metadata)
+        assert method == "GET", (method, path)
+        return
+    _assert_4xx((status, headers, data))
+
+
+def test_server_still_correct_after_the_fuzz(small_server: ServerProcess, repo: Path) -> None:
+    assert_correct(Http(small_server.http_url), repo)
+    status: Any = Http(small_server.http_url).request("GET", "/v2/health/ready")[0]
+    assert status == 200
