@@ -1,10 +1,11 @@
-"""``dlserve serve --workers N``: N server processes share the gRPC port.
+"""``dlserve serve --workers N``: N server processes share the HTTP and gRPC ports.
 
 Python runs one request at a time per process (the GIL), and for small
 models almost all of a request's CPU is gRPC and Python per-call work, so a
 second process is the only way to use a second core for them. Each worker
 is a full server (own event loop, models, batchers) bound to the same port
-with SO_REUSEPORT; the kernel spreads connections across them. The
+with SO_REUSEPORT (HTTP too: ``http_api.server`` builds that socket); the
+kernel spreads connections across them. The
 supervisor (this process) starts them, serves ``/metrics`` and the live page
 from the workers' shared prometheus_client multiprocess files, forwards
 SIGTERM/SIGINT so every worker drains, and exits 0 when they all did.
@@ -110,7 +111,8 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
                 f"{exc.strerror}"
             ) from exc
         http.start()
-        logger.info("%d workers share grpc port %d; metrics on port %d", workers,
+        logger.info("%d workers share %sgrpc port %d; metrics on port %d", workers,
+                    f"http port {settings.http_port}, " if settings.http_port else "",
                     settings.grpc_port, http.port)  # fmt: skip
         while not stop.wait(0.5):
             dead = [p for p, _ in children if p.poll() is not None]

@@ -327,3 +327,15 @@ def test_server_still_correct_after_the_fuzz(small_server: ServerProcess, repo: 
     assert_correct(Http(small_server.http_url), repo)
     status: Any = Http(small_server.http_url).request("GET", "/v2/health/ready")[0]
     assert status == 200
+
+
+# --- workers --------------------------------------------------------------------
+
+
+def test_workers_share_the_http_port(repo: Path) -> None:
+    with ServerProcess(repo, "--workers", "2") as server:
+        for _ in range(8):  # a new connection each time: the kernel spreads them
+            api = Http(server.http_url)
+            assert_correct(api, repo)
+            api.close()
+        assert server.log().count(f"http 127.0.0.1:{server.http_port}") == 2, server.log()
