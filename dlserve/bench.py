@@ -1,4 +1,9 @@
-"""``dlserve bench``: closed-loop gRPC load with N requests in flight.
+"""``dlserve bench``: closed-loop gRPC or REST load with N requests in flight.
+
+Over REST (``--protocol http`` or an http:// ``--url``) each of the N
+workers keeps one keep-alive connection and sends the same prepared
+request bytes (the binary tensor data extension, outputs as JSON), reading
+only the status line and headers it needs.
 
 Requests are serialized once (unary) and responses are not decoded unless
 they fail, so the client spends as little CPU as it can beside a server on
@@ -171,8 +176,82 @@ async def _stream_level(
     return latencies, sum(codes.values()), codes, now() - start
 
 
+def _http_request(args: argparse.Namespace, address: str) -> bytes:
+    from dlserve.http_client import RestClient, infer_body, model_path, raw_request
+
+    client = RestClient(address, tls=False, tls_ca=None, token=args.auth_token, timeout=10)
+    path = model_path(args.model, args.version)
+    try:
+        meta = client.call("GET", path)
+    finally:
+        client.close()
+    rng = np.random.default_rng(0)
+    inputs = []
+    for spec in meta["inputs"]:
+        shape = [args.batch_size if i == 0 and d == -1 else max(d, 1)
+                 for i, d in enumerate(spec["shape"])]  # fmt: skip
+        dtype = DTYPE_BY_DATATYPE.get(spec["datatype"])
+        if dtype is None or spec["datatype"] == "BYTES":
+            raise ClientError(f"input '{spec['name']}' is {spec['datatype']}: bench sends numbers")
+        inputs.append((spec["name"], spec["datatype"], rng.standard_normal(shape).astype(dtype)))
+    body, headers = infer_body(inputs)
+    if args.auth_token:
+        headers["Authorization"] = f"Bearer {args.auth_token}"
+    return raw_request("POST", f"{path}/infer", body, headers)
+
+
+async def _http_level(
+    address: str, payload: bytes, concurrency: int, warmup: float, duration: float
+) -> tuple[list[float], int, collections.Counter[str], float]:
+    from dlserve.http_client import AsyncRestConnection
+
+    latencies: list[float] = []
+    codes: collections.Counter[str] = collections.Counter()
+    now = time.perf_counter
+    start = now() + warmup
+    end = start + duration
+
+    async def worker() -> None:
+        connection = AsyncRestConnection(address)
+        try:
+            while True:
+                t0 = now()
+                if t0 >= end:
+                    return
+                try:
+                    status = await connection.send(payload)
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    await connection.close()
+                    if t0 >= start:
+                        codes[type(exc).__name__] += 1
+                    continue
+                if t0 < start:
+                    continue
+                if status == 200:
+                    latencies.append(now() - t0)
+                else:
+                    codes[f"HTTP_{status}"] += 1
+        finally:
+            await connection.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, sum(codes.values()), codes, now() - start
+
+
 async def _run(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]:
     import grpc
+
+    from dlserve.http_client import resolve
+
+    protocol, address, tls = resolve(args.url, getattr(args, "protocol", None))
+    if protocol == "http":
+        if tls or args.streaming:
+            raise ClientError("bench over HTTP supports plain http:// and unary requests only")
+        payload = _http_request(args, address)
+        measured = [await _http_level(address, payload, c, args.warmup, args.duration)
+                    for c in levels]  # fmt: skip
+        return [_result(args, c, *m) for c, m in zip(levels, measured, strict=True)]
+    args.url = address
 
     md = (("authorization", f"Bearer {args.auth_token}"),) if args.auth_token else None
     options = [("grpc.max_receive_message_length", 64 << 20),
@@ -194,28 +273,23 @@ async def _run(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]
                 lat, errors, codes, elapsed = await _unary_level(
                     channel, payload, c, args.warmup, args.duration, md
                 )
-            p50, p90, p99 = _percentiles(lat)
-            rps = len(lat) / elapsed if elapsed > 0 else 0.0
-            results.append(
-                LevelResult(
-                    c,
-                    args.batch_size,
-                    bool(args.streaming),
-                    round(elapsed, 3),
-                    len(lat),
-                    errors,
-                    rps,
-                    rps * args.batch_size,
-                    p50,
-                    p90,
-                    p99,
-                    dict(codes),
-                )  # fmt: skip
-            )
+            results.append(_result(args, c, lat, errors, codes, elapsed))
     return results
 
 
+def _result(
+    args: argparse.Namespace, c: int, lat: list[float], errors: int,
+    codes: collections.Counter[str], elapsed: float,
+) -> LevelResult:  # fmt: skip
+    p50, p90, p99 = _percentiles(lat)
+    rps = len(lat) / elapsed if elapsed > 0 else 0.0
+    return LevelResult(c, args.batch_size, bool(args.streaming), round(elapsed, 3), len(lat),
+                       errors, rps, rps * args.batch_size, p50, p90, p99, dict(codes))  # fmt: skip
+
+
 def main(args: argparse.Namespace) -> int:
+    from dlserve.http_client import resolve
+
     levels = parse_concurrency(args.concurrency)
     if args.duration <= 0 or args.warmup < 0:
         raise ClientError("--duration must be > 0 and --warmup >= 0")
@@ -228,6 +302,8 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover
         results = asyncio.run(_run(args, levels))
     mode = "ModelStreamInfer" if args.streaming else "ModelInfer"
+    if resolve(args.url, getattr(args, "protocol", None))[0] == "http":
+        mode = "REST infer"
     print(f"{args.model} @ {args.url}  {mode}  batch {args.batch_size}  {args.duration:g}s/level")
     print(f"{'conc':>5} {'req/s':>10} {'samples/s':>11} {'p50 ms':>8} {'p90 ms':>8} "
           f"{'p99 ms':>8} {'errors':>7}")  # fmt: skip

@@ -365,3 +365,34 @@ def test_perf_analyzer_over_http(server: ServerProcess, tmp_path: Path) -> None:
     assert "Server:" in run.stdout and "Inference count" in run.stdout, run.stdout
     assert "error" not in run.stdout.lower(), run.stdout
     assert len(csv_path.read_text().strip().splitlines()) == 3  # header + 2 levels
+
+
+# --- dlserve predict / bench over HTTP -----------------------------------------
+
+
+def test_predict_and_bench_over_http(server: ServerProcess, repo: Path, tmp_path: Path) -> None:
+    from tests.serverproc import run_cli
+
+    x = [[0.5, -1.0]]
+    by_url = run_cli("predict", "--url", f"http://{server.http_url}", "--model", "classifier",
+                     "--data", json.dumps(x))  # fmt: skip
+    assert by_url.returncode == 0, by_url.stderr
+    by_flag = run_cli("predict", "--url", server.http_url, "--protocol", "http", "--model",
+                      "classifier", "--data", json.dumps(x))  # fmt: skip
+    over_grpc = run_cli("predict", "--url", server.url, "--model", "classifier", "--data",
+                        json.dumps(x))  # fmt: skip
+    assert json.loads(by_url.stdout) == json.loads(by_flag.stdout) == json.loads(over_grpc.stdout)
+    want = reference(model_file(repo, "classifier"), np.asarray(x, np.float32))["logits"]
+    got = json.loads(by_url.stdout)["outputs"]["logits"]["data"]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    missing = run_cli("predict", "--url", f"http://{server.http_url}", "--model", "nope",
+                      "--data", "[1, 2]")  # fmt: skip
+    assert missing.returncode != 0 and "404" in missing.stderr and "Traceback" not in missing.stderr
+    out = tmp_path / "bench.json"
+    bench = run_cli("bench", "--url", f"http://{server.http_url}", "--model", "classifier",
+                    "--concurrency", "1,4", "--duration", "0.5", "--warmup", "0.1",
+                    "--batch-size", "3", "--json", str(out))  # fmt: skip
+    assert bench.returncode == 0, bench.stderr
+    records = json.loads(out.read_text())
+    assert [r["concurrency"] for r in records] == [1, 4]
+    assert all(r["errors"] == 0 and r["requests"] > 0 for r in records), records
