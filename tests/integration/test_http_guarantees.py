@@ -225,12 +225,29 @@ def test_drain_answers_requests_in_flight(repo: Path) -> None:
         time.sleep(0.15)  # the requests reach the batcher (not a timing assertion)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
+        refused = _refused_while_draining(server)
         for t in threads:
             t.join(30)
         assert server.stop() == 0
     finally:
         server.kill()
     assert results == [200] * 4, server.log()
+    assert refused  # at least one new request arrived during the drain
+
+
+def _refused_while_draining(server: ServerProcess) -> list[tuple[int, str]]:
+    """New requests until the listener closes: each one 503 with Connection: close."""
+    answers = []
+    while True:
+        api = Http(server.http_url, timeout=10)
+        try:
+            status, headers, _ = api.request("POST", "/v2/models/delayed/infer", BODY)
+        except OSError:
+            return answers  # the listener is closed
+        finally:
+            api.close()
+        answers.append((status, headers.get("connection", "")))
+        assert answers[-1] == (503, "close"), answers
 
 
 # --- fuzz ---------------------------------------------------------------------
