@@ -72,7 +72,7 @@ class MonotonicClock:
             pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchResult:
     """What one request gets back: its rows of every output, and timings."""
 

@@ -1,7 +1,10 @@
 """Transport-agnostic request and response types over numpy.
 
 No protobuf beyond the codec: the gRPC layer converts its messages into
-these, and everything from ``service`` down works on them.
+these, and everything from ``service`` down works on them. They are plain
+(not frozen) slotted dataclasses because they are built several times per
+request and a frozen one costs four times as much to build; nothing mutates
+them after construction.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ DATATYPE_BY_DTYPE: dict[np.dtype[Any], str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Tensor:
     """A named tensor. ``data`` is flat as decoded and shaped once validated."""
 
@@ -48,7 +51,7 @@ class Tensor:
     from_raw: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestedOutput:
     name: str
     #: >0 asks for the classification extension: the top ``class_count``
@@ -56,7 +59,7 @@ class RequestedOutput:
     class_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferRequest:
     model_name: str
     model_version: str
@@ -66,7 +69,7 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InferResponse:
     model_name: str
     model_version: str
