@@ -9,8 +9,6 @@ that do not decode (``service.record_failure``), as the gRPC edge does.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 import zlib
@@ -19,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from serving.bearer import expected_digest, token_matches
 from serving.errors import InvalidInput, ServingError, ShuttingDown, Unauthenticated, code_name
 from serving.http_api import codec, views
 from serving.service import InferenceService
@@ -83,15 +82,11 @@ def _json(body: Any, status: int = 200) -> Reply:
     return status, orjson.dumps(body), [(b"content-type", _JSON)]
 
 
-def _digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
-
-
 class RestApp:
     def __init__(self, service: InferenceService, *, token: str | None, max_body: int) -> None:
         self.service = service
         self.max_body = max_body
-        self._expected = _digest(token.encode()) if token else None
+        self._expected = expected_digest(token) if token else None
         #: Set by the frontend when the server drains: every answer closes its
         #: connection, and new requests other than inference and health get 503
         #: (inference reaches the service, which refuses and counts it).
@@ -283,12 +278,7 @@ class RestApp:
     def _authenticate(self, headers: dict[bytes, bytes]) -> None:
         if self._expected is None:
             return
-        value = headers.get(b"authorization", b"")
-        scheme, _, credential = value.partition(b" ")
-        credential = credential.lstrip(b" ")  # RFC 6750: "Bearer" 1*SP token
-        # Always hash and compare, so a wrong scheme takes as long as a wrong token.
-        match = hmac.compare_digest(_digest(credential), self._expected)
-        if not (match and scheme.lower() == b"bearer"):
+        if not token_matches(headers.get(b"authorization", b""), self._expected):
             raise Unauthenticated(AUTH_MESSAGE)
 
 
