@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from tests.deploy import dockerfiles as df
 from tests.deploy import promql
 
 DEPLOY = promql.REPO / "deploy"
@@ -52,7 +53,11 @@ def test_stack_has_dlserve_prometheus_and_grafana_on_localhost() -> None:
     services = load(DEPLOY / "compose.yaml")["services"]
     assert set(services) == {"dlserve", "prometheus", "grafana"}
     assert "127.0.0.1:3000:3000" in services["grafana"]["ports"]
-    assert {"127.0.0.1:8001:8001", "127.0.0.1:8002:8002"} <= set(services["dlserve"]["ports"])
+    assert set(services["dlserve"]["ports"]) == {
+        "127.0.0.1:8000:8000",  # REST
+        "127.0.0.1:8001:8001",  # gRPC
+        "127.0.0.1:8002:8002",  # metrics
+    }
     # Images are pinned by version, never :latest.
     for name in ("prometheus", "grafana"):
         image = services[name]["image"]
@@ -71,6 +76,24 @@ def test_dlserve_service_builds_the_cpu_image_and_drains() -> None:
     assert dlserve["stop_signal"] == "SIGTERM"
     # The server drains within 30 s after SIGTERM.
     assert int(dlserve["stop_grace_period"].rstrip("s")) > 30
+
+
+def test_dlserve_healthcheck_is_the_images_rest_check() -> None:
+    """compose runs the image's own script (GET /v2/health/ready on the REST
+    port, SERVING_HTTP_PORT unset: 8000), with the image's timing."""
+    check = load(DEPLOY / "compose.yaml")["services"]["dlserve"]["healthcheck"]
+    runtime = df.stage(df.parse(df.DOCKER_DIR / "Dockerfile"), "runtime")
+    image_check = runtime.last("HEALTHCHECK")
+    assert image_check is not None
+    assert check["test"] == ["CMD", *df.healthcheck_command(image_check)]
+    for option in ("interval", "timeout", "start_period", "retries"):
+        assert f"--{option.replace('_', '-')}={check[option]}" in image_check.value, option
+    assert "/v2/health/ready" in (df.DOCKER_DIR / "healthcheck.py").read_text()
+    gpu = load(DEPLOY / "compose.gpu.yaml")["services"]["dlserve"]["healthcheck"]
+    cuda_check = df.stage(df.parse(df.DOCKER_DIR / "Dockerfile.cuda"), "runtime").last(
+        "HEALTHCHECK"
+    )
+    assert cuda_check is not None and f"--start-period={gpu['start_period']}" in cuda_check.value
 
 
 def test_prometheus_service_mounts_our_config_and_rules() -> None:

@@ -1,13 +1,16 @@
 """deploy/docker: hadolint passes on every Dockerfile, and the images keep the
 promises of the issue (multi-stage, serving install only, non-root, ports,
 command, health check) -- checked on the parsed Dockerfiles, since no Docker
-engine runs here. The gRPC health check script runs against a real server."""
+engine runs here. The health check script runs against a stub REST health
+endpoint and a real grpc.health.v1 server (its fallback with REST off)."""
 
 from __future__ import annotations
 
+import http.server
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -125,7 +128,8 @@ def test_runtime_stage_has_no_compilers_and_runs_as_non_root(dockerfile: Path) -
 def test_ports_command_and_healthcheck(dockerfile: Path) -> None:
     runtime = df.stage(df.parse(dockerfile), "runtime")
     expose = runtime.last("EXPOSE")
-    assert expose is not None and expose.value.split() == ["8001", "8002"]
+    # REST, gRPC, metrics: the server's defaults, so CMD names no port.
+    assert expose is not None and expose.value.split() == ["8000", "8001", "8002"]
     entrypoint, cmd = runtime.last("ENTRYPOINT"), runtime.last("CMD")
     assert entrypoint is not None and cmd is not None
     assert df.exec_form(entrypoint.value) + df.exec_form(cmd.value) == EXPECTED_CMD[dockerfile]
@@ -170,7 +174,39 @@ def test_build_context_leaves_out_caches() -> None:
     assert not [p for p in context if p.startswith(("tests", "runs", "docs", ".venv"))]
 
 
-# ---- the HEALTHCHECK script against a real grpc.health.v1 server ----------
+# ---- the HEALTHCHECK script: REST health, and gRPC health with REST off ------
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """GET /v2/health/ready answered with the server's ``status`` (as the REST
+    edge does: 200 with no body, or 503 with a JSON error)."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        status: int = self.server.status  # type: ignore[attr-defined]
+        if self.path != "/v2/health/ready":
+            status = 404
+        body = b"" if status == 200 else b'{"error":"the server is not ready"}'
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def rest_health() -> Iterator[http.server.HTTPServer]:
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    server.status = 200  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 @pytest.fixture()
@@ -188,12 +224,18 @@ def health_server() -> Iterator[tuple[int, health.HealthServicer]]:
         server.stop(grace=None)
 
 
-def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
+def run_healthcheck(
+    *, http_port: int, grpc_port: int | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
-        "SERVING_GRPC_PORT": str(port),
+        "SERVING_HTTP_PORT": str(http_port),
         "DLSERVE_HEALTHCHECK_TIMEOUT": "2",
+        # A proxy in the environment must not be asked about 127.0.0.1.
+        "http_proxy": "http://127.0.0.1:9",
     }
+    if grpc_port is not None:
+        env["SERVING_GRPC_PORT"] = str(grpc_port)
     return subprocess.run(
         [sys.executable, str(HEALTHCHECK)],
         capture_output=True,
@@ -204,25 +246,40 @@ def run_healthcheck(port: int) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_healthcheck_passes_when_serving(health_server: tuple[int, health.HealthServicer]) -> None:
-    port, servicer = health_server
-    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    result = run_healthcheck(port)
+def test_healthcheck_passes_when_ready(rest_health: http.server.HTTPServer) -> None:
+    result = run_healthcheck(http_port=rest_health.server_port)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "SERVING"
+    assert result.stdout.strip() == "READY"
 
 
-def test_healthcheck_fails_when_not_serving(
+def test_healthcheck_fails_when_not_ready(rest_health: http.server.HTTPServer) -> None:
+    rest_health.status = 503  # type: ignore[attr-defined]
+    result = run_healthcheck(http_port=rest_health.server_port)
+    assert result.returncode == 1
+    assert "unhealthy: HTTP 503" in result.stderr and "not ready" in result.stderr
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    result = run_healthcheck(http_port=free_port())
+    assert result.returncode == 1
+    assert "unhealthy:" in result.stderr and "/v2/health/ready" in result.stderr
+
+
+def test_healthcheck_uses_grpc_health_when_rest_is_off(
     health_server: tuple[int, health.HealthServicer],
 ) -> None:
     port, servicer = health_server
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    result = run_healthcheck(http_port=0, grpc_port=port)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "SERVING"
     servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    result = run_healthcheck(port)
+    result = run_healthcheck(http_port=0, grpc_port=port)
     assert result.returncode == 1
     assert result.stdout.strip() == "NOT_SERVING"
 
 
-def test_healthcheck_fails_when_nothing_listens() -> None:
-    result = run_healthcheck(free_port())
+def test_healthcheck_grpc_fails_when_nothing_listens() -> None:
+    result = run_healthcheck(http_port=0, grpc_port=free_port())
     assert result.returncode == 1
     assert "unhealthy: UNAVAILABLE" in result.stderr

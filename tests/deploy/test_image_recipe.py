@@ -15,9 +15,10 @@ No Docker engine runs here, so this test does what `docker build` +
    ENTRYPOINT + CMD start the server on the baked default models, with the
    listen address narrowed from 0.0.0.0 to 127.0.0.1 and free ports appended.
 4. The gRPC health service answers SERVING, the image's HEALTHCHECK command
-   passes, tritonclient sees the server and every model ready and gets
-   probabilities back, the metrics port serves /metrics and the live page
-   with its static files, `import torch` fails in that environment, and
+   (GET /v2/health/ready on the REST port) passes, tritonclient sees the
+   server and every model ready and gets probabilities back, the metrics
+   port serves /metrics and the live page with its static files,
+   `import torch` fails in that environment, and
    SIGTERM ends the server with exit code 0.
 
 pip downloads from the package index (the Dockerfile passes --no-cache-dir),
@@ -237,8 +238,9 @@ def test_cpu_image_recipe_serves_default_models_without_torch(
     argv = df.exec_form(entrypoint.value) + df.exec_form(cmd.value)
     argv = [replay.map_paths(a) if a.startswith("/") else a for a in argv]
     argv = ["127.0.0.1" if a == "0.0.0.0" else a for a in argv]
-    grpc_port, metrics_port = free_port(), free_port()
-    argv += ["--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port)]
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    argv += ["--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    argv += ["--metrics-port", str(metrics_port)]
     exe = shutil.which(argv[0], path=replay.env["PATH"])
     assert exe and exe.startswith(str(replay.host("/opt/dlserve/bin"))), exe
     log = tmp_path / "server.log"
@@ -261,9 +263,9 @@ def test_cpu_image_recipe_serves_default_models_without_torch(
     health_argv = [
         replay.map_paths(a) if a.startswith("/") else a for a in df.healthcheck_command(check)
     ]
-    replay.env["SERVING_GRPC_PORT"] = str(grpc_port)
+    replay.env["SERVING_HTTP_PORT"] = str(http_port)
     health = replay.run(health_argv)
-    assert health.returncode == 0 and health.stdout.strip() == "SERVING", (
+    assert health.returncode == 0 and health.stdout.strip() == "READY", (
         health.stdout + health.stderr
     )
 

@@ -130,15 +130,28 @@ def test_termination_grace_covers_prestop_and_drain(
         assert grace >= int(pre_stop[1]) + SERVER_DRAIN_SECONDS + 5, name
 
 
-def test_probes_use_grpc_health_on_the_grpc_port(rendered: dict[str, list[dict[str, Any]]]) -> None:
+#: Probe -> the KServe V2 health endpoint it asks on the REST port.
+PROBE_PATHS = {
+    "startupProbe": "/v2/health/ready",
+    "readinessProbe": "/v2/health/ready",  # 503 once the drain starts
+    "livenessProbe": "/v2/health/live",  # 200 while draining: no restart mid-drain
+}
+
+
+def test_probes_use_rest_health_on_the_http_port(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for name, docs in rendered.items():
         c = container(docs)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        assert ports == {"grpc": 8001, "metrics": 8002}
+        assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}, name
+        assert int(arg(c["args"], "--http-port")) == ports["http"]
         assert int(arg(c["args"], "--grpc-port")) == ports["grpc"]
         assert int(arg(c["args"], "--metrics-port")) == ports["metrics"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"] == {"port": ports["grpc"]}, (name, probe)
+        for probe, path in PROBE_PATHS.items():
+            # One handler only (an overlay patch must not add a second one).
+            assert {k for k in c[probe] if k in ("httpGet", "grpc", "tcpSocket", "exec")} == {
+                "httpGet"
+            }, (name, probe)
+            assert c[probe]["httpGet"] == {"path": path, "port": "http"}, (name, probe)
 
 
 def test_container_matches_the_image(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -179,9 +192,10 @@ def test_services_select_the_pods_and_monitor_scrapes_once(
         assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert headless["spec"]["clusterIP"] == "None"
     assert [p["name"] for p in headless["spec"]["ports"]] == ["grpc"]
-    assert {p["name"]: p["targetPort"] for p in service["spec"]["ports"]} == {
-        "grpc": "grpc",
-        "metrics": "metrics",
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (8000, "http"),
+        "grpc": (8001, "grpc"),
+        "metrics": (8002, "metrics"),
     }
     monitor = one(docs, "ServiceMonitor")
     assert (

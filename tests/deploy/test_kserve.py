@@ -78,21 +78,29 @@ def test_inference_service_uses_the_runtime(runtime: dict[str, Any], isvc: dict[
     assert model["runtime"] == runtime["metadata"]["name"]
     formats = {(f["name"], f.get("version")) for f in runtime["spec"]["supportedModelFormats"]}
     assert (model["modelFormat"]["name"], model["modelFormat"]["version"]) in formats
-    assert model["protocolVersion"] == "grpc-v2"
-    assert runtime["spec"]["protocolVersions"] == ["grpc-v2"]
+    assert model["protocolVersion"] == "v2"  # REST, served on the first port
+    assert runtime["spec"]["protocolVersions"] == ["v2", "grpc-v2"]
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
 
 
-def test_runtime_container_serves_the_storage_mount_on_the_grpc_port(
+#: KServe's default container port for REST (constants.InferenceServiceDefaultHttpPort).
+KSERVE_HTTP_PORT = 8080
+
+
+def test_runtime_container_serves_the_storage_mount_on_kserves_ports(
     runtime: dict[str, Any],
 ) -> None:
     (c,) = runtime["spec"]["containers"]
     assert c["name"] == "kserve-container"
     assert c["args"][0] == "serve"  # the image's ENTRYPOINT is `dlserve`
     assert arg(c["args"], "--model-repository") == "/mnt/models"  # KServe's storage mount
-    (port,) = c["ports"]
-    assert port["name"] == "h2c" and port["containerPort"] == int(arg(c["args"], "--grpc-port"))
-    assert c["readinessProbe"]["grpc"]["port"] == port["containerPort"]
+    # REST first: KServe's predictor Service maps port 80 to the first port.
+    rest, grpc = c["ports"]
+    assert rest == {"name": "http", "containerPort": KSERVE_HTTP_PORT, "protocol": "TCP"}
+    assert int(arg(c["args"], "--http-port")) == KSERVE_HTTP_PORT
+    assert grpc["name"] == "h2c" and grpc["containerPort"] == int(arg(c["args"], "--grpc-port"))
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": KSERVE_HTTP_PORT}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": KSERVE_HTTP_PORT}
     annotations = runtime["spec"]["annotations"]
     assert annotations["prometheus.kserve.io/port"] == arg(c["args"], "--metrics-port")
     assert annotations["prometheus.kserve.io/path"] == "/metrics"
