@@ -423,12 +423,12 @@ def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
             future.set_result(result)  # type: ignore[arg-type]
 
     def run() -> None:
+        # No local keeps the result: once handed over, this thread holds no
+        # reference to it (a retired model must not outlive its load thread).
         try:
-            result = fn(*args)
+            loop.call_soon_threadsafe(settle, fn(*args), None)
         except BaseException as exc:  # handed to the awaiting coroutine
             loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
 
     threading.Thread(target=run, name="model-load", daemon=True).start()
     return future

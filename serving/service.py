@@ -24,7 +24,7 @@ from serving.metrics import Metrics
 from serving.outputs import outputs as _outputs
 from serving.recorder import failure_labels
 from serving.repository import datatype_of
-from serving.stats import VersionStats
+from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from serving.versions import LoadedVersion
 
@@ -83,15 +83,6 @@ class ServerMetadata:
     name: str
     version: str
     extensions: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class VersionStatistics:
-    """ModelStatistics of one serving version (Triton's InferStatistics)."""
-
-    name: str
-    version: str
-    stats: VersionStats
 
 
 class InferenceService:

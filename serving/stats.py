@@ -52,3 +52,12 @@ class VersionStats:
 
     def record_failure(self, total: float) -> None:
         self.fail.add(total)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionStatistics:
+    """ModelStatistics of one serving version (Triton's InferStatistics)."""
+
+    name: str
+    version: str
+    stats: VersionStats

@@ -80,6 +80,24 @@ def decode_bytes(
     return array
 
 
+def raw_tensor(
+    name: str, datatype: str, shape: tuple[int, ...], buffer: bytes | memoryview, what: str
+) -> Tensor:
+    """A tensor over raw bytes, with no copy (``np.frombuffer``). BYTES stay
+    undecoded (uint8) until validation has checked them against the model:
+    decoding here would cost a Python loop per element for any model.
+    ``what`` names the bytes in errors ("raw content", "binary data")."""
+    dtype = DTYPE_BY_DATATYPE[datatype]
+    if datatype == "BYTES":
+        return Tensor(name, datatype, shape, np.frombuffer(buffer, dtype=np.uint8), True)
+    if len(buffer) % dtype.itemsize:
+        raise InvalidInput(
+            f"input {quoted(name)}: {len(buffer)} bytes of {what} is not a whole "
+            f"number of {datatype} elements ({dtype.itemsize} bytes each)"
+        )
+    return Tensor(name, datatype, shape, np.frombuffer(buffer, dtype=dtype), True)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     name: str

@@ -17,7 +17,7 @@ import numpy as np
 from serving._generated import grpc_service_pb2 as pb
 from serving.errors import InvalidInput
 from serving.tensors import DTYPE_BY_DATATYPE, InferRequest, InferResponse, RequestedOutput, Tensor
-from serving.validation import quoted
+from serving.validation import quoted, raw_tensor
 
 #: datatype -> the InferTensorContents field that carries it.
 CONTENTS_FIELD = {
@@ -100,19 +100,7 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                     f"input {quoted(name)} has both typed contents and raw_input_contents; "
                     "send one or the other"
                 )
-            buffer = raw[i]
-            if datatype == "BYTES":
-                # Decoded by validation once the model is known to take BYTES:
-                # here it would cost a Python loop per element for any model.
-                data = np.frombuffer(buffer, dtype=np.uint8)
-            else:
-                if len(buffer) % dtype.itemsize:
-                    raise InvalidInput(
-                        f"input {quoted(name)}: {len(buffer)} bytes of raw content is not a whole "
-                        f"number of {datatype} elements ({dtype.itemsize} bytes each)"
-                    )
-                data = np.frombuffer(buffer, dtype=dtype)
-            tensors.append(Tensor(name, datatype, shape, data, True))
+            tensors.append(raw_tensor(name, datatype, shape, raw[i], "raw content"))
             continue
         if not has_typed:
             raise InvalidInput(

@@ -20,7 +20,8 @@ from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import ServingError
 from serving.grpc_api import codec
 from serving.grpc_api.status import to_status
-from serving.service import InferenceService, Pending, VersionStatistics
+from serving.service import InferenceService, Pending
+from serving.stats import VersionStatistics
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter

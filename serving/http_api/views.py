@@ -10,8 +10,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from serving.manager import IndexEntry
-from serving.service import ModelMetadata, ServerMetadata, TensorMetadata, VersionStatistics
-from serving.stats import Duration
+from serving.service import ModelMetadata, ServerMetadata, TensorMetadata
+from serving.stats import Duration, VersionStatistics
 
 _INT64 = frozenset(
     {
