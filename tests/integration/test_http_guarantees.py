@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from tests.integration.helpers import build_repo, model_file, reference
 from tests.integration.http_helpers import Http, error_of
 from tests.pki import issue, make_ca
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, wait_for
 
 X = [[0.25, -0.75]]
 BODY = json.dumps(
@@ -355,4 +355,7 @@ def test_workers_share_the_http_port(repo: Path) -> None:
             api = Http(server.http_url)
             assert_correct(api, repo)
             api.close()
-        assert server.log().count(f"http 127.0.0.1:{server.http_port}") == 2, server.log()
+        line = f"http 127.0.0.1:{server.http_port}"
+        # Each worker logs its start line once it serves; the second may
+        # still be loading when the first answers.
+        assert wait_for(lambda: server.log().count(line) == 2, 60), server.log()
