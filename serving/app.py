@@ -19,10 +19,11 @@ from serving.credentials import CredentialError, load_credentials
 from serving.errors import ServingError
 from serving.grpc_api.server import GrpcFrontend
 from serving.http_api.server import HttpFrontend
-from serving.http_server import MetricsHttpServer, make_app
+from serving.http_server import MetricsHttpServer
 from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
 from serving.manager import ModelManager
 from serving.metrics import Metrics
+from serving.metrics_app import make_app
 from serving.runtime import both_onnxruntimes_installed
 from serving.service import InferenceService
 from serving.settings import ServingSettings

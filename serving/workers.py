@@ -83,7 +83,8 @@ def run_workers(settings: ServingSettings, load_models: list[str], workers: int)
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-    from serving.http_server import MetricsHttpServer, make_app
+    from serving.http_server import MetricsHttpServer
+    from serving.metrics_app import make_app
 
     if settings.grpc_port == 0:
         raise WorkersError("--workers > 1 needs a fixed --grpc-port (workers share it)")

@@ -34,14 +34,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from devtools.onnx_models import mlp, write_model
 from serving.http_server import (
     CONNECTION_TIMEOUT,
     MAX_PENDING,
     MAX_THREADS,
     MetricsHttpServer,
-    make_app,
 )
-from tests.onnx_models import mlp, write_model
+from serving.metrics_app import make_app
 from tests.serverproc import ServerProcess, wait_for
 
 MODEL = "hostile"

@@ -14,8 +14,10 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.http_server import LIVE_WINDOW, LiveStats, MetricsHttpServer, make_app
+from serving.http_server import MetricsHttpServer
+from serving.live_stats import LIVE_WINDOW, LiveStats
 from serving.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
+from serving.metrics_app import make_app
 
 #: shared/CONTRACT.md, "Metrics": family -> (type, labels).
 CONTRACT = {
