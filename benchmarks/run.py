@@ -4,11 +4,13 @@ Measures (a) in-process onnxruntime (the limit), (b) dlserve with
 perf_analyzer (unary and --streaming) and with ``dlserve bench``, at
 concurrency 1, 8 and 32, dynamic batching on and off, for mlp-circle,
 digits-cnn and a wide MLP (784->1024->1024->10, random weights, seed 0),
-and (c) the bare reference server (benchmarks/bare_server.py). Server CPU
+and (c) the bare reference server (benchmarks/bare_server.py); then the
+REST rows of issue 12 (benchmarks/http_rows.py). Server CPU
 per request comes from /proc (utime+stime of the server processes) divided
 by the requests the server counted over the same interval.
 
-    .venv/bin/python -m benchmarks.run [--interval-ms 1500] [--quick] [--json out.json]
+    .venv/bin/python -m benchmarks.run [--interval-ms 1500] [--quick | --http-only]
+        [--json out.json]
 
 Prints a markdown report (tables, then the issue's targets with the ratios);
 docs/performance.md holds the latest one.
@@ -40,6 +42,7 @@ from google.protobuf import text_format
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import http_rows  # noqa: E402
 from devtools.onnx_models import config_text, mlp  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
 from serving._generated import model_config_pb2 as mc  # noqa: E402
@@ -50,10 +53,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 @dataclass
 class Row:
-    server: str  # dlserve, dlserve-w2, bare
+    server: str  # dlserve, dlserve-w2, bare, bare-asgi
     model: str
     batching: bool
-    client: str  # perf-unary, perf-stream, bench-unary
+    client: str  # perf-unary, perf-stream, bench-unary; perf-http-bin|json, bench-http
     concurrency: int
     batch_size: int
     throughput_rps: float
@@ -138,8 +141,11 @@ def in_process(folder: Path, batch_sizes: list[int], seconds: float) -> dict[str
 
 
 class Proc:
-    def __init__(self, command: list[str], port: int, kind: str, model: str = "") -> None:
+    def __init__(self, command: list[str], port: int, kind: str, model: str = "",
+                 http_port: int = 0) -> None:  # fmt: skip
+        """``port``: gRPC (0: none, then the server is waited for over HTTP)."""
         self.port = port
+        self.http_port = http_port
         self.kind = kind
         self.model = model
         self.metrics_port = 0
@@ -150,10 +156,12 @@ class Proc:
 
         while time.monotonic() < deadline:
             try:
-                if tc.InferenceServerClient(f"127.0.0.1:{port}").is_server_live():
+                client = tc.InferenceServerClient(f"127.0.0.1:{port}") if port else None
+                if client.is_server_live() if client else http_rows.live(http_port):
                     return
             except Exception:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise SystemExit(f"{kind} server did not start: {' '.join(command)}")
 
     def pids(self) -> list[int]:
@@ -171,6 +179,8 @@ class Proc:
         return total / TICK
 
     def requests(self, model: str) -> int:
+        if self.kind == "bare-asgi":
+            return http_rows.request_count(self.http_port)
         if self.kind == "bare":
             import tritonclient.grpc as tc
 
@@ -196,11 +206,13 @@ class Proc:
 
 
 def start_dlserve(repo: Path, workers: int) -> Proc:
-    port, metrics = free_port(), free_port()
+    port, metrics, http = free_port(), free_port(), free_port()
     command = [str(BIN / "dlserve"), "serve", "--model-repository", str(repo), "--host",
                "127.0.0.1", "--grpc-port", str(port), "--metrics-port", str(metrics),
-               "--workers", str(workers), "--log-level", "WARNING"]  # fmt: skip
-    proc = Proc(command, port, "dlserve" if workers == 1 else f"dlserve-w{workers}")
+               "--http-port", str(http), "--workers", str(workers),
+               "--log-level", "WARNING"]  # fmt: skip
+    proc = Proc(command, port, "dlserve" if workers == 1 else f"dlserve-w{workers}",
+                http_port=http)  # fmt: skip
     proc.metrics_port = metrics
     return proc
 
@@ -209,6 +221,11 @@ def start_bare(folder: Path) -> Proc:
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.bare_server", str(folder), "--port", str(port)]
     return Proc(command, port, "bare", folder.name)
+
+
+def start_bare_asgi(folder: Path) -> Proc:
+    port = free_port()
+    return Proc(http_rows.bare_asgi_command(folder, port), 0, "bare-asgi", folder.name, port)
 
 
 # -- clients -------------------------------------------------------------------
@@ -224,15 +241,14 @@ def perf_env() -> dict[str, str]:
 
 
 def perf_analyzer(
-    server: Proc, model: str, concurrency: int, streaming: bool, interval_ms: int, batch: int
+    server: Proc, model: str, concurrency: int, client: str, interval_ms: int, batch: int
 ) -> tuple[float, float, float]:
+    port = server.http_port if client in http_rows.HTTP_CLIENTS else server.port
     with tempfile.NamedTemporaryFile(suffix=".csv") as f:
-        command = [str(BIN / "perf_analyzer"), "-m", model, "-u", f"127.0.0.1:{server.port}",
-                   "-i", "grpc", "--concurrency-range", str(concurrency), "-b", str(batch),
-                   "--measurement-interval", str(interval_ms), "--stability-percentage", "1000",
-                   "--max-trials", "3", "-f", f.name]  # fmt: skip
-        if streaming:
-            command.append("--streaming")
+        command = [str(BIN / "perf_analyzer"), "-m", model, "-u", f"127.0.0.1:{port}",
+                   *http_rows.PERF_ARGS[client], "--concurrency-range", str(concurrency),
+                   "-b", str(batch), "--measurement-interval", str(interval_ms),
+                   "--stability-percentage", "1000", "--max-trials", "3", "-f", f.name]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300)
         if out.returncode != 0:
             print(f"perf_analyzer failed: {out.stdout[-500:]} {out.stderr[-500:]}", file=sys.stderr)
@@ -244,10 +260,13 @@ def perf_analyzer(
 
 
 def dlserve_bench(
-    server: Proc, model: str, concurrency: int, seconds: float, batch: int, streaming: bool
+    server: Proc, model: str, concurrency: int, seconds: float, batch: int, client: str
 ) -> tuple[float, float, float, int]:
+    http = client in http_rows.HTTP_CLIENTS
+    url = f"http://127.0.0.1:{server.http_port}" if http else f"127.0.0.1:{server.port}"
+    streaming = client == "bench-stream"
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        command = [str(BIN / "dlserve"), "bench", "--url", f"127.0.0.1:{server.port}", "--model",
+        command = [str(BIN / "dlserve"), "bench", "--url", url, "--model",
                    model, "--concurrency", str(concurrency), "--duration", str(seconds),
                    "--warmup", "0.5", "--batch-size", str(batch), "--json", f.name]  # fmt: skip
         if streaming:
@@ -262,11 +281,10 @@ def measure(server: Proc, model: str, client: str, c: int, args: argparse.Namesp
     n0, t0 = server.requests(model), server.cpu_seconds()
     errors = 0
     if client.startswith("perf"):
-        rps, p50, p99 = perf_analyzer(server, model, c, client == "perf-stream",
-                                      args.interval_ms, batch)  # fmt: skip
+        rps, p50, p99 = perf_analyzer(server, model, c, client, args.interval_ms, batch)
     else:
         rps, p50, p99, errors = dlserve_bench(server, model, c, args.interval_ms / 1000 * 2, batch,
-                                              client == "bench-stream")  # fmt: skip
+                                              client)  # fmt: skip
     n1, t1 = server.requests(model), server.cpu_seconds()
     cpu = (t1 - t0) / max(n1 - n0, 1) * 1e6
     row = Row(server.kind, model.removesuffix("-nobatch"), batching, client, c, batch, rps, p50,
@@ -275,6 +293,20 @@ def measure(server: Proc, model: str, client: str, c: int, args: argparse.Namesp
           f"{client:12} c={c:<3} b={batch} {rps:9.1f} req/s  p50 {p50:7.3f} ms  "
           f"p99 {p99:7.3f} ms  cpu {cpu:6.1f} us/req", file=sys.stderr, flush=True)  # fmt: skip
     return row
+
+
+def grpc_plan(models: list[str], concurrency: list[int]) -> list[tuple[str, str, int, bool, int]]:
+    """(model, client, concurrency, batching, rows per request) over gRPC on dlserve."""
+    plan = []
+    for name in models:
+        for on in (True, False):
+            plan += [(name if on else f"{name}-nobatch", client, c, on, 1)
+                     for client in ("perf-unary", "perf-stream", "bench-unary")
+                     for c in concurrency]  # fmt: skip
+        if name == "wide-mlp":
+            plan += [(name if on else f"{name}-nobatch", "perf-unary", 32, on, 8)
+                     for on in (True, False)]  # fmt: skip
+    return plan
 
 
 # -- report --------------------------------------------------------------------
@@ -291,6 +323,9 @@ def main() -> int:
         help="perf_analyzer measurement window; bench runs 2 windows",
     )
     parser.add_argument("--quick", action="store_true", help="mlp-circle only, fewer points")
+    parser.add_argument("--http-only", action="store_true",
+                        help="mlp-circle only: the REST rows and the gRPC unary rows they are "
+                        "compared with (issue 12's targets)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args()
 
@@ -299,42 +334,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="dlserve-bench-") as tmp:
         repo = Path(tmp)
         models = prepare(repo)
-        if args.quick:
+        if args.quick or args.http_only:
             models = {"mlp-circle": models["mlp-circle"]}
         print("in-process onnxruntime ...", file=sys.stderr)
         local = {name: in_process(folder, [1, 8, 32, 64, 256], 1.0)
                  for name, folder in models.items()}  # fmt: skip
 
+        plan = [] if args.http_only else grpc_plan(list(models), concurrency)
+        plan += http_rows.dlserve_plan(concurrency, grpc_unary=args.http_only)
         server = start_dlserve(repo, 1)
         try:
-            for name in models:
-                for batching in (True, False):
-                    model = name if batching else f"{name}-nobatch"
-                    for client in ("perf-unary", "perf-stream", "bench-unary"):
-                        for c in concurrency:
-                            rows.append(measure(server, model, client, c, args, 1, batching))
-                if name == "wide-mlp":
-                    for batching in (True, False):
-                        model = name if batching else f"{name}-nobatch"
-                        rows.append(measure(server, model, "perf-unary", 32, args, 8, batching))
+            rows += [measure(server, m, cl, c, args, b, on) for m, cl, c, on, b in plan]
         finally:
             server.stop()
-
-        server = start_dlserve(repo, 2)
+        bare = start_bare_asgi(models["mlp-circle"])
         try:
-            for c in concurrency[1:]:
-                for client in ("perf-unary", "perf-stream"):
-                    rows.append(measure(server, "mlp-circle", client, c, args))
+            rows += [measure(bare, "mlp-circle", cl, c, args, 1, False)
+                     for cl, c in http_rows.bare_plan(concurrency)]  # fmt: skip
         finally:
-            server.stop()
-
-        for name, folder in models.items():
-            bare = start_bare(folder)
+            bare.stop()
+        if not args.http_only:  # the gRPC references: two workers, the bare server
+            server = start_dlserve(repo, 2)
             try:
-                for c in concurrency:
-                    rows.append(measure(bare, name, "perf-unary", c, args, 1, False))
+                rows += [measure(server, "mlp-circle", cl, c, args) for c in concurrency[1:]
+                         for cl in ("perf-unary", "perf-stream")]  # fmt: skip
             finally:
-                bare.stop()
+                server.stop()
+            for name, folder in models.items():
+                bare = start_bare(folder)
+                try:
+                    rows += [measure(bare, name, "perf-unary", c, args, 1, False)
+                             for c in concurrency]  # fmt: skip
+                finally:
+                    bare.stop()
 
     report = render(rows, local, args)
     print(report)
@@ -356,7 +388,8 @@ def render(rows: list[Row], local: dict[str, Any], args: argparse.Namespace) -> 
         pass
     out = [f"Machine: {cpu} cores ({model_name}), Python {platform.python_version()}, "
            f"onnxruntime {ort.__version__}. Command: `.venv/bin/python -m benchmarks.run"
-           f"{' --quick' if args.quick else ''} --interval-ms {args.interval_ms}`.",
+           f"{' --quick' if args.quick else ''}{' --http-only' if args.http_only else ''}"
+           f" --interval-ms {args.interval_ms}`.",
            ""]  # fmt: skip
     out += ["### In-process onnxruntime (1 thread)", "",
             "| model | batch | runs/s | samples/s | p50 µs |", "|---|---|---|---|---|"]  # fmt: skip
@@ -435,6 +468,7 @@ def targets(rows: list[Row], local: dict[str, Any]) -> list[str]:
         r = w8.throughput_rps * 8 / limit
         say(f"wide MLP c=32, 8-row requests: {w8.throughput_rps * 8:.0f} samples/s = {r:.2f}× "
             f"in-process batch-8 ({limit:.0f}), target ≥ 0.5", r >= 0.5)  # fmt: skip
+    http_rows.targets(lambda **kw: _find(rows, **kw), say)
     return lines
 
 
