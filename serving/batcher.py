@@ -41,12 +41,12 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, NoReturn, Protocol, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
+from serving.batch_jobs import BatchResult, Job, fits
+from serving.clock import Clock, MonotonicClock
 from serving.errors import InferenceFailed, QueueFull, QueueTimeout, ServingError, ShuttingDown
 
 logger = logging.getLogger(__name__)
@@ -54,59 +54,10 @@ logger = logging.getLogger(__name__)
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        """Return when ``event`` is set or ``timeout`` seconds have passed."""
-        ...
-
-
-class MonotonicClock:
-    now = staticmethod(time.perf_counter)
-
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """What one request gets back: its rows of every output, and timings."""
-
-    outputs: list[np.ndarray]
-    queue_seconds: float
-    compute_seconds: float
-    batch_rows: int
-
-
-@dataclass(slots=True)
-class _Job:
-    feeds: dict[str, np.ndarray]
-    rows: int
-    future: asyncio.Future[BatchResult]
-    enqueued: float
-    deadline: float | None
-    nbytes: int
-
-
 #: More worker tasks than this per batcher are never started (instance_group
 #: counts above it are clamped with a warning): each is a task, and the
 #: thread pool bounds real parallelism long before.
 MAX_WORKERS = 256
-
-
-def _fits(first: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> bool:
-    """Whether ``other``'s tensors can be concatenated onto ``first``'s."""
-    if len(first) != len(other):
-        return False
-    for name, array in first.items():
-        peer = other.get(name)
-        if peer is None or peer.shape[1:] != array.shape[1:] or peer.dtype != array.dtype:
-            return False
-    return True
 
 
 class DynamicBatcher:
@@ -147,7 +98,7 @@ class DynamicBatcher:
         #: running average of a batch's compute seconds (inf until measured)
         self._compute_avg = float("inf")
         self._name = name
-        self._queue: collections.deque[_Job] = collections.deque()
+        self._queue: collections.deque[Job] = collections.deque()
         self._queued_rows = 0
         #: Set on arrival for a worker that waits for company (queue delay).
         self._arrival = asyncio.Event()
@@ -213,7 +164,7 @@ class DynamicBatcher:
                 "retry later or add replicas"
             )
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        job = _Job(feeds, rows, future, self._clock.now(), deadline, nbytes)
+        job = Job(feeds, rows, future, self._clock.now(), deadline, nbytes)
         if (
             self._busy == 0
             and not self._queue
@@ -302,45 +253,43 @@ class DynamicBatcher:
             self._arrival.clear()
             await self._clock.wait(self._arrival, remaining)
 
-    def _take(self) -> list[_Job]:
-        jobs: list[_Job] = []
+    def _take(self) -> list[Job]:
+        jobs: list[Job] = []
         rows = 0
         now = self._clock.now()
         queue = self._queue
         while queue:
             job = queue[0]
-            if job.future.done():  # cancelled by its caller
-                queue.popleft()
-                self._queued_rows -= job.rows
-                self._queued_bytes -= job.nbytes
-                continue
-            if job.deadline is not None and now > job.deadline:
-                queue.popleft()
-                self._queued_rows -= job.rows
-                self._queued_bytes -= job.nbytes
-                job.future.set_exception(
-                    QueueTimeout(
-                        f"request to model '{self._name}' waited past its deadline in the "
-                        "queue and was not run"
-                    )
+            late = job.deadline is not None and now > job.deadline
+            if (
+                not job.future.done()
+                and not late
+                and jobs
+                and (
+                    rows + job.rows > self._max_rows
+                    or not self._batching
+                    or not fits(jobs[0].feeds, job.feeds)
                 )
-                continue
-            if jobs and (
-                rows + job.rows > self._max_rows
-                or not self._batching
-                or not _fits(jobs[0].feeds, job.feeds)
             ):
-                break
+                break  # the next batch starts with it
             queue.popleft()
             self._queued_rows -= job.rows
             self._queued_bytes -= job.nbytes
+            if job.future.done():  # cancelled by its caller
+                continue
+            if late:
+                job.future.set_exception(QueueTimeout(
+                    f"request to model '{self._name}' waited past its deadline in the "
+                    "queue and was not run"
+                ))  # fmt: skip
+                continue
             jobs.append(job)
             rows += job.rows
             if not self._batching:
                 break
         return jobs
 
-    async def _execute(self, jobs: list[_Job]) -> None:
+    async def _execute(self, jobs: list[Job]) -> None:
         if len(jobs) == 1:
             feeds = jobs[0].feeds
         else:  # _take joined only requests that fit together
@@ -359,7 +308,7 @@ class DynamicBatcher:
             return
         self._complete(jobs, started, lambda r: r, result)
 
-    def _run_now(self, job: _Job) -> None:
+    def _run_now(self, job: Job) -> None:
         """The direct path: an idle batcher of a fast model runs a request in
         the caller's turn of the event loop, with no worker wake-up."""
         self._busy += 1
@@ -370,7 +319,7 @@ class DynamicBatcher:
 
     def _complete(
         self,
-        jobs: list[_Job],
+        jobs: list[Job],
         started: float,
         produce: Callable[[Any], tuple[list[np.ndarray], float]],
         arg: Any,
@@ -422,7 +371,7 @@ class DynamicBatcher:
         return outputs, self._clock.now() - start
 
     @staticmethod
-    def _fail(jobs: list[_Job], exc: ServingError) -> None:
+    def _fail(jobs: list[Job], exc: ServingError) -> None:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(exc)

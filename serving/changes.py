@@ -16,7 +16,7 @@ nothing else:
 - Racy files: a file whose ctime or mtime is within ``RACY_NS`` of now is
   hashed but not trusted on the next call (git's "racy clean" rule): a
   same-size rewrite within the same timestamp tick would keep its key.
-- Safe: files are opened only when regular (``repository.open_regular``).
+- Safe: files are opened only when regular (``files.open_regular``).
   A FIFO, device or folder named as a label file, or a file that vanished,
   gets a digest that starts with ``!`` and says why; nothing blocks.
 - config.pbtxt is not re-read here: ``ModelSource.config_bytes_digest`` is
@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable
 
 from serving.errors import ModelLoadError
-from serving.repository import CONFIG_FILE, ModelSource, open_regular, safe_file_name
+from serving.files import open_regular
+from serving.repository import CONFIG_FILE, ModelSource, safe_file_name
 
 #: A file changed this recently (ns) is rehashed on the next call too.
 RACY_NS = 2_000_000_000

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Iterable
 
 from serving import repository
 from serving.changes import ChangeTracker
 from serving.errors import FailedPrecondition, ModelLoadError, ModelNotFound, ServingError
+from serving.files import is_model_folder
 from serving.loader import VersionLoader
 from serving.metrics import Metrics
 from serving.settings import ServingSettings
+from serving.threads import in_thread
 from serving.versions import (
     MAX_NAME_LENGTH,
+    IndexEntry,
     LoadedVersion,
     ModelEntry,
     ReadyTable,
@@ -37,16 +38,6 @@ logger = logging.getLogger(__name__)
 
 READY, UNAVAILABLE = VersionState.READY, VersionState.UNAVAILABLE
 LOADING, UNLOADING = VersionState.LOADING, VersionState.UNLOADING
-
-
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    """One row of RepositoryIndex: a model with no version, or one version."""
-
-    name: str
-    version: str
-    state: str
-    reason: str
 
 
 class ModelManager:
@@ -196,7 +187,7 @@ class ModelManager:
             raise ModelLoadError("the server is shutting down; no model is loaded any more")
         # A request's name is never a path: one plain component, and only
         # one that a scan of the repository lists.
-        if not _plain_name(name) or not _is_model_folder(self.root, name):
+        if not is_model_folder(self.root, name, MAX_NAME_LENGTH):
             raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
         await self.sync(only={name}, force=True)
         entry = self._models.get(name)
@@ -402,44 +393,3 @@ class ModelManager:
         else:
             self.metrics.set_ready(entry.name, loaded.version_str, loaded.runtime.provider, False)
         logger.info("model %s:%d unloaded", entry.name, status.version)
-
-
-T = TypeVar("T")
-
-
-def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-    """``fn(*args)`` in a daemon thread of its own. Loads and scans are rare
-    and may block (a large model, a stalled mount); unlike an executor's
-    threads, this one never holds up the process's exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, exc: BaseException | None) -> None:
-        if future.done():
-            return
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        # No local keeps the result: once handed over, this thread holds no
-        # reference to it (a retired model must not outlive its load thread).
-        try:
-            loop.call_soon_threadsafe(settle, fn(*args), None)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, exc)
-
-    threading.Thread(target=run, name="model-load", daemon=True).start()
-    return future
-
-
-def _plain_name(name: str) -> bool:
-    return bool(name) and len(name) <= MAX_NAME_LENGTH and repository.is_plain_name(name)
-
-
-def _is_model_folder(root: Path, name: str) -> bool:
-    try:
-        return (root / name).is_dir()
-    except (OSError, ValueError):  # name too long for the file system, and the like
-        return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.batcher import BatchResult
+from serving.batch_jobs import BatchResult
 from serving.tensors import RequestedOutput, Tensor
 from serving.versions import LoadedVersion
 

@@ -17,16 +17,16 @@ import numpy as np
 
 from dlserve import __version__
 from serving._generated import model_config_pb2 as mc
-from serving.batcher import BatchResult
+from serving.batch_jobs import BatchResult
 from serving.errors import InvalidInput, ResourceExhausted, ServingError, code_name
-from serving.manager import IndexEntry, ModelManager
+from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.outputs import outputs as _outputs
 from serving.recorder import failure_labels
 from serving.repository import datatype_of
 from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
-from serving.versions import LoadedVersion
+from serving.versions import IndexEntry, LoadedVersion
 
 _now = time.perf_counter
 #: Protocol extensions this server implements (ServerMetadata.extensions).

@@ -102,6 +102,16 @@ class ModelEntry:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of RepositoryIndex: a model with no version, or one version."""
+
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
 class ReadyTable:
     """(model, version string) -> the version that serves it; "" is the
     model's newest ready version. Rebuilt by the manager on every change."""

@@ -9,9 +9,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from serving.manager import IndexEntry
 from serving.service import ModelMetadata, ServerMetadata, TensorMetadata
 from serving.stats import Duration, VersionStatistics
+from serving.versions import IndexEntry
 
 _INT64 = frozenset(
     {

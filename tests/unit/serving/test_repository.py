@@ -17,12 +17,10 @@ from google.protobuf import text_format
 
 from serving._generated import model_config_pb2 as mc
 from serving.errors import ModelLoadError
+from serving.files import MAX_TEXT_FILE_BYTES, is_plain_name, name_problem
 from serving.repository import (
-    MAX_TEXT_FILE_BYTES,
     ModelSource,
     complete_config,
-    is_plain_name,
-    name_problem,
     read_config,
     read_labels,
     safe_file_name,
