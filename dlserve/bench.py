@@ -99,34 +99,50 @@ async def _request(stub_channel: Any, args: argparse.Namespace, metadata: Any) -
     return request
 
 
+@dataclass
+class _Window:
+    """One concurrency level's measuring window (after ``warmup`` seconds, for
+    ``duration``): latencies of the answers that succeeded, failures by code."""
+
+    warmup: float
+    duration: float
+    latencies: list[float] = field(default_factory=list)
+    codes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self.start = time.perf_counter() + self.warmup
+        self.end = self.start + self.duration
+
+    def result(self) -> tuple[list[float], int, collections.Counter[str], float]:
+        elapsed = time.perf_counter() - self.start
+        return self.latencies, sum(self.codes.values()), self.codes, elapsed
+
+
 async def _unary_level(
     channel: Any, payload: bytes, concurrency: int, warmup: float, duration: float, md: Any
 ) -> tuple[list[float], int, collections.Counter[str], float]:
     import grpc
 
     call = channel.unary_unary(METHOD + "ModelInfer")  # bytes in, bytes out
-    latencies: list[float] = []
-    codes: collections.Counter[str] = collections.Counter()
+    window = _Window(warmup, duration)
     now = time.perf_counter
-    start = now() + warmup
-    end = start + duration
 
     async def worker() -> None:
         while True:
             t0 = now()
-            if t0 >= end:
+            if t0 >= window.end:
                 return
             try:
                 await call(payload, timeout=30, metadata=md)
             except grpc.aio.AioRpcError as exc:
-                if t0 >= start:
-                    codes[exc.code().name] += 1
+                if t0 >= window.start:
+                    window.codes[exc.code().name] += 1
                 continue
-            if t0 >= start:
-                latencies.append(now() - t0)
+            if t0 >= window.start:
+                window.latencies.append(now() - t0)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, sum(codes.values()), codes, now() - start
+    return window.result()
 
 
 async def _stream_level(
@@ -205,37 +221,34 @@ async def _http_level(
 ) -> tuple[list[float], int, collections.Counter[str], float]:
     from dlserve.http_client import AsyncRestConnection
 
-    latencies: list[float] = []
-    codes: collections.Counter[str] = collections.Counter()
+    window = _Window(warmup, duration)
     now = time.perf_counter
-    start = now() + warmup
-    end = start + duration
 
     async def worker() -> None:
         connection = AsyncRestConnection(address)
         try:
             while True:
                 t0 = now()
-                if t0 >= end:
+                if t0 >= window.end:
                     return
                 try:
                     status = await connection.send(payload)
                 except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     await connection.close()
-                    if t0 >= start:
-                        codes[type(exc).__name__] += 1
+                    if t0 >= window.start:
+                        window.codes[type(exc).__name__] += 1
                     continue
-                if t0 < start:
+                if t0 < window.start:
                     continue
                 if status == 200:
-                    latencies.append(now() - t0)
+                    window.latencies.append(now() - t0)
                 else:
-                    codes[f"HTTP_{status}"] += 1
+                    window.codes[f"HTTP_{status}"] += 1
         finally:
             await connection.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, sum(codes.values()), codes, now() - start
+    return window.result()
 
 
 async def _run(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]:
