@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import orjson
 import uvicorn
 import uvloop
-from google.protobuf import text_format
 
-from serving._generated import model_config_pb2 as mc
+from benchmarks.bare_server import load_newest
 from serving.http_api import views
 
 _JSON = [(b"content-type", b"application/json")]
@@ -37,18 +35,8 @@ _JSON = [(b"content-type", b"application/json")]
 
 class BareAsgi:
     def __init__(self, model_dir: Path) -> None:
-        config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
-        config.name = model_dir.name
-        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_dir / str(versions[-1]) / "model.onnx"), options,
-            providers=["CPUExecutionProvider"],
-        )  # fmt: skip
+        config, self.version, self.session = load_newest(model_dir)
         self.name = config.name
-        self.version = str(versions[-1])
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.count = 0

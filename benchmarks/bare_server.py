@@ -28,19 +28,24 @@ from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving._generated import model_config_pb2 as mc
 
 
+def load_newest(model_dir: Path) -> tuple[mc.ModelConfig, str, ort.InferenceSession]:
+    """The folder's config, its newest version and a one-thread session on it."""
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
+    config.name = model_dir.name
+    versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(model_dir / str(versions[-1]) / "model.onnx"), options,
+        providers=["CPUExecutionProvider"],
+    )  # fmt: skip
+    return config, str(versions[-1]), session
+
+
 class Bare(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, model_dir: Path) -> None:
-        self.config = text_format.Parse((model_dir / "config.pbtxt").read_text(), mc.ModelConfig())
-        self.config.name = model_dir.name
-        versions = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(model_dir / str(versions[-1]) / "model.onnx"), options,
-            providers=["CPUExecutionProvider"],
-        )  # fmt: skip
-        self.version = str(versions[-1])
+        self.config, self.version, self.session = load_newest(model_dir)
         self.input = self.session.get_inputs()[0].name
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.count = 0

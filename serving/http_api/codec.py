@@ -63,20 +63,21 @@ def _kind(value: Any) -> str:
             list: "an array", dict: "an object"}.get(type(value), type(value).__name__)  # fmt: skip
 
 
-def _string(value: Any, what: str, default: str = "") -> str:
+def _typed(value: Any, what: str, cls: type, expected: str, default: Any) -> Any:
+    """``value`` if it is a ``cls``, ``default`` if absent, else a clear error."""
     if value is None:
         return default
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what} must be a string, got {_kind(value)}")
+    if not isinstance(value, cls):
+        raise InvalidInput(f"{what} must be {expected}, got {_kind(value)}")
     return value
+
+
+def _string(value: Any, what: str, default: str = "") -> str:
+    return str(_typed(value, what, str, "a string", default))
 
 
 def flag(value: Any, what: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise InvalidInput(f"{what} must be true or false, got {_kind(value)}")
-    return value
+    return bool(_typed(value, what, bool, "true or false", False))
 
 
 def _size(value: Any, what: str) -> int:
