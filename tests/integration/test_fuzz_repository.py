@@ -85,8 +85,15 @@ def polling(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPr
 
 
 def poll_happened(stub: pb_grpc.GRPCInferenceServiceStub, repo: Path) -> None:
-    """Publish a new version of "clock" and wait until it serves: every
-    change made before this call has been seen by a poll."""
+    """Every change made before this call has been seen by a whole poll: a
+    poll that was already scanning may see a change half-way (a folder
+    listed, then gone), so two new versions of "clock" must serve in turn."""
+    publish(stub, repo)
+    publish(stub, repo)
+
+
+def publish(stub: pb_grpc.GRPCInferenceServiceStub, repo: Path) -> None:
+    """A new version of "clock", and wait until it serves."""
     folder = repo / "clock"
     versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     new = versions[-1] + 1

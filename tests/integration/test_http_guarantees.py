@@ -225,6 +225,8 @@ def test_drain_answers_requests_in_flight(repo: Path) -> None:
         time.sleep(0.15)  # the requests reach the batcher (not a timing assertion)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGTERM)
+        # "New" requests are the ones sent once the server says it drains.
+        assert wait_for(lambda: "draining" in server.log(), 30), server.log()
         refused = _refused_while_draining(server)
         for t in threads:
             t.join(30)
