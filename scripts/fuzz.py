@@ -10,6 +10,10 @@ Every answer must be OK or a status the contract gives to a client mistake
 bodies must be refused cleanly, and the server must be alive and correct at
 the end with no traceback in its log. Hypothesis shrinks a failure to a
 small example and prints it; exit status 1 then.
+
+Batching (requests that must not share a batch) and stream backpressure
+(clients that read slowly or never) have their own long run, which imports
+no test module: ``scripts/fuzz_batching.py``.
 """
 
 from __future__ import annotations

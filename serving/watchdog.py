@@ -11,7 +11,12 @@ warning on logger ``serving.watchdog``::
     event loop blocked for 312 ms, over the 100 ms threshold (at serving/x.py:88 in f <- ...)
 
 The location is where the loop's thread was when the threshold passed (the
-innermost frames of its stack), which is usually the culprit. Warnings are
+innermost frames of its stack), which is usually the culprit.
+
+Time the loop's thread spent runnable but waiting for a CPU (an oversubscribed
+host: the thread's run-queue wait from Linux's /proc/self/task/<tid>/schedstat)
+is not the loop's fault and is not counted; elsewhere every late probe counts.
+Warnings are
 rate-limited to one per ``report_every_s``; the stalls in between are counted
 and summed up in the next line. The thread only reads: it never touches the
 loop's state beyond scheduling its no-op, and a loop that is not running
@@ -51,6 +56,7 @@ class LoopWatchdog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_thread: int | None = None
+        self._loop_native: int | None = None
         self._last_report = -float("inf")
         self._suppressed = 0
         self._suppressed_max = 0.0
@@ -66,6 +72,7 @@ class LoopWatchdog:
         try:
             if asyncio.get_running_loop() is self._loop:
                 self._loop_thread = threading.get_ident()
+                self._loop_native = threading.get_native_id()
         except RuntimeError:  # started from another thread: the first probe tells
             pass
         self._thread = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
@@ -88,6 +95,7 @@ class LoopWatchdog:
                 continue
             probe = _Probe()
             ran = probe.ran
+            queued_before = _runqueue_wait(self._loop_native)
             sent = time.monotonic()
             try:
                 self._loop.call_soon_threadsafe(probe)
@@ -101,11 +109,16 @@ class LoopWatchdog:
                         return
                     if not self._loop.is_running():
                         running = False  # stopped, not blocked
-            if probe.thread is not None:
-                self._loop_thread = probe.thread
             blocked = probe.at - sent
             if running and blocked > self._threshold:
-                self._stalled(blocked, where)
+                queued_after = _runqueue_wait(self._loop_native)
+                no_cpu = 0.0
+                if queued_before is not None and queued_after is not None:
+                    no_cpu = min(blocked, queued_after - queued_before)
+                if blocked - no_cpu > self._threshold:
+                    self._stalled(blocked - no_cpu, no_cpu, where)
+            if probe.thread is not None:
+                self._loop_thread, self._loop_native = probe.thread, probe.native
             self._stop.wait(self._interval)
 
     def _where(self) -> str:
@@ -119,7 +132,7 @@ class LoopWatchdog:
             frame = frame.f_back
         return " <- ".join(parts)
 
-    def _stalled(self, blocked: float, where: str) -> None:
+    def _stalled(self, blocked: float, no_cpu: float, where: str) -> None:
         self.stalls += 1
         self.longest_s = max(self.longest_s, blocked)
         now = time.monotonic()
@@ -129,6 +142,8 @@ class LoopWatchdog:
             return
         self._last_report = now
         extra = f" (at {where})" if where else ""
+        if no_cpu >= 0.001:
+            extra += f"; besides {no_cpu * 1000:.0f} ms waiting for a CPU"
         if self._suppressed:
             extra += (
                 f"; {self._suppressed} more stall(s) since the last warning, the longest "
@@ -144,17 +159,31 @@ class LoopWatchdog:
 class _Probe:
     """The no-op the loop runs: it notes when and on which thread."""
 
-    __slots__ = ("ran", "at", "thread")
+    __slots__ = ("ran", "at", "thread", "native")
 
     def __init__(self) -> None:
         self.ran = threading.Event()
         self.at = 0.0
         self.thread: int | None = None
+        self.native: int | None = None
 
     def __call__(self) -> None:
         self.at = time.monotonic()
         self.thread = threading.get_ident()
+        self.native = threading.get_native_id()
         self.ran.set()
+
+
+def _runqueue_wait(native_id: int | None) -> float | None:
+    """Seconds a thread has spent runnable but not running, so far (Linux
+    schedstat's second field); None where the kernel does not say."""
+    if native_id is None:
+        return None
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _short(path: str) -> str:

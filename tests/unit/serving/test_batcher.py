@@ -417,3 +417,295 @@ def test_batcher_close_without_drain_answers_the_running_batch() -> None:
     error, closes_again = asyncio.run(scenario())
     assert isinstance(error, ShuttingDown), repr(error)
     assert closes_again
+
+
+# --- batch safety: what may share a batch, and workers that cannot die ----------
+
+
+class WidthRuntime:
+    """A model over ``x`` of any width and an optional ``bias`` input: each
+    row's answer is its sum plus its bias (``DEFAULT_BIAS`` when the batch has
+    none). Gated like FakeRuntime; records each batch's input shapes."""
+
+    DEFAULT_BIAS = 100.0
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, tuple[int, ...]]] = []
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.batches.append({name: a.shape for name, a in sorted(feeds.items())})
+        self.started.set()
+        assert self.gate.wait(10), "test forgot to release the gate"
+        x = feeds["x"]
+        bias = feeds.get("bias", np.full((x.shape[0], 1), self.DEFAULT_BIAS, x.dtype))
+        return [x.sum(axis=1, keepdims=True) + bias]
+
+
+def wide(value: float, width: int, n: int = 1, bias: float | None = None) -> dict[str, np.ndarray]:
+    feeds = {"x": np.full((n, width), value, dtype=np.float32)}
+    if bias is not None:
+        feeds["bias"] = np.full((n, 1), bias, dtype=np.float32)
+    return feeds
+
+
+def answer(feeds: dict[str, np.ndarray]) -> np.ndarray:
+    x = feeds["x"]
+    bias = feeds.get("bias", np.full((x.shape[0], 1), WidthRuntime.DEFAULT_BIAS, x.dtype))
+    return x.sum(axis=1, keepdims=True) + bias
+
+
+async def answered(futures, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Every future's outcome; a request left unanswered fails the test
+    (instead of hanging it) - what a dead worker looks like."""
+    _, pending = await asyncio.wait(futures, timeout=timeout)
+    if pending:
+        raise AssertionError(f"{len(pending)} of {len(futures)} requests never answered")
+    return [f.exception() or f.result() for f in futures]
+
+
+def test_requests_whose_non_batch_dims_differ_never_share_a_batch(executor) -> None:
+    """Config dims [-1]: two valid requests of widths 2 and 3 cannot be
+    concatenated. The first that does not fit closes the batch being formed
+    (order kept); every request gets its own right answer."""
+
+    async def main() -> None:
+        runtime = WidthRuntime()
+        b = DynamicBatcher(runtime.run, max_batch_size=16, workers=1, executor=executor)
+        first = b.submit(wide(0, 4), 1)
+        await started(runtime)  # the only worker is busy: the rest queue up
+        feeds = [wide(1, 2), wide(2, 2, n=2), wide(3, 3), wide(4, 3), wide(5, 2), wide(6, 5)]
+        futures = [b.submit(f, f["x"].shape[0]) for f in feeds]
+        runtime.gate.set()
+        results = await answered([first, *futures])
+        for f, result in zip([wide(0, 4), *feeds], results, strict=True):
+            assert not isinstance(result, BaseException), repr(result)
+            np.testing.assert_array_equal(result.outputs[0], answer(f))
+        assert [s["x"] for s in runtime.batches] == [(1, 4), (3, 2), (2, 3), (1, 2), (1, 5)]
+        # The worker is alive and batches again.
+        more = [b.submit(wide(7, 2), 1), b.submit(wide(8, 2), 1)]
+        for f, result in zip([wide(7, 2), wide(8, 2)], await answered(more), strict=True):
+            np.testing.assert_array_equal(result.outputs[0], answer(f))
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_an_optional_input_sent_by_one_and_omitted_by_another_never_share_a_batch(
+    executor,
+) -> None:
+    async def main() -> None:
+        runtime = WidthRuntime()
+        b = DynamicBatcher(runtime.run, max_batch_size=16, workers=1, executor=executor)
+        first = b.submit(wide(0, 2), 1)
+        await started(runtime)
+        feeds = [
+            wide(1, 2, bias=1.0), wide(2, 2, bias=2.0),  # with bias: one batch
+            wide(3, 2), wide(4, 2, n=3),  # without: the next
+            wide(5, 2, bias=5.0),  # with again: a third
+        ]  # fmt: skip
+        futures = [b.submit(f, f["x"].shape[0]) for f in feeds]
+        runtime.gate.set()
+        results = await answered([first, *futures])
+        for f, result in zip([wide(0, 2), *feeds], results, strict=True):
+            assert not isinstance(result, BaseException), repr(result)
+            np.testing.assert_array_equal(result.outputs[0], answer(f))
+        assert runtime.batches == [
+            {"x": (1, 2)},
+            {"bias": (2, 1), "x": (2, 2)},
+            {"x": (4, 2)},
+            {"bias": (1, 1), "x": (1, 2)},
+        ]
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_inputs_of_another_dtype_never_share_a_batch(executor) -> None:
+    async def main() -> None:
+        runtime = WidthRuntime()
+        b = DynamicBatcher(runtime.run, max_batch_size=16, workers=1, executor=executor)
+        first = b.submit(wide(0, 2), 1)
+        await started(runtime)
+        as64 = {"x": np.full((1, 2), 2.0, dtype=np.float64)}
+        futures = [b.submit(wide(1, 2), 1), b.submit(as64, 1), b.submit(wide(3, 2), 1)]
+        runtime.gate.set()
+        results = await answered([first, *futures])
+        assert all(not isinstance(r, BaseException) for r in results), results
+        assert results[2].outputs[0].dtype == np.float64
+        assert len(runtime.batches) == 4
+        await b.close()
+
+    asyncio.run(main())
+
+
+class Explosive(np.ndarray):
+    """An array that numpy refuses to concatenate: what a bug (or a memory
+    error) in building a batch looks like to the worker."""
+
+    def __array_function__(self, func, types, args, kwargs):  # type: ignore[no-untyped-def]
+        if func is np.concatenate:
+            raise RuntimeError("cannot build this batch")
+        return super().__array_function__(func, types, args, kwargs)
+
+
+def test_a_worker_survives_a_failure_while_building_a_batch(
+    executor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything raised while a batch is formed answers that batch's requests
+    with InferenceFailed (INTERNAL), is logged once, and the one worker goes
+    on serving."""
+
+    async def main() -> None:
+        runtime = WidthRuntime()
+        b = DynamicBatcher(runtime.run, max_batch_size=16, workers=1, executor=executor, name="m:1")
+        first = b.submit(wide(0, 2), 1)
+        await started(runtime)
+        bad = [b.submit({"x": np.zeros((1, 2), np.float32).view(Explosive)}, 1) for _ in range(2)]
+        runtime.gate.set()
+        results = await answered([first, *bad])
+        np.testing.assert_array_equal(results[0].outputs[0], answer(wide(0, 2)))
+        for r in results[1:]:
+            assert isinstance(r, InferenceFailed), repr(r)
+            assert "RuntimeError" in r.message
+        ok = await answered([b.submit(wide(9, 2), 1)])
+        np.testing.assert_array_equal(ok[0].outputs[0], answer(wide(9, 2)))
+        await b.close()
+
+    with caplog.at_level("ERROR", logger="serving.batcher"):
+        asyncio.run(main())
+    errors = [r for r in caplog.records if r.name == "serving.batcher" and r.levelname == "ERROR"]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "m:1" in errors[0].getMessage()
+
+
+def test_a_worker_survives_a_runtime_exception_that_is_not_a_serving_error(executor) -> None:
+    """A bare exception from ``run`` in the pool (not a ServingError) fails
+    its batch only; the single worker answers the next request."""
+
+    async def main() -> None:
+        calls: list[int] = []
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            calls.append(feeds["x"].shape[0])
+            if len(calls) == 1:
+                raise KeyError("bug in the runtime")
+            return [feeds["x"] * 2]
+
+        b = DynamicBatcher(run, max_batch_size=4, workers=1, executor=executor, inline_below=0)
+        failed, ok = await answered([b.submit(rows(1), 1)]), None
+        assert isinstance(failed[0], InferenceFailed), repr(failed[0])
+        (ok,) = await answered([b.submit(rows(2), 1)])
+        np.testing.assert_array_equal(ok.outputs[0], np.full((1, 3), 4.0))
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_the_queue_is_bounded_in_bytes(executor) -> None:
+    async def main() -> None:
+        runtime = FakeRuntime(gated=True)
+        one = rows(0)["x"].nbytes  # 12 bytes a row
+        b = DynamicBatcher(
+            runtime.run, max_batch_size=8, workers=1, executor=executor,
+            max_queue_bytes=3 * one, name="m:1",
+        )  # fmt: skip
+        running = b.submit(rows(0), 1)  # taken by the worker: not queued
+        await started(runtime)
+        waiting = [b.submit(rows(1), 1), b.submit(rows(2, 2), 2)]  # 3 rows' bytes queued
+        assert b.queued_bytes == 3 * one
+        with pytest.raises(QueueFull, match="limit") as info:
+            b.submit(rows(3), 1)
+        assert "m:1" in info.value.message and "bytes" in info.value.message
+        runtime.gate.set()
+        await answered([running, *waiting])
+        assert b.queued_bytes == 0
+        # An empty queue always admits one request, even one over the bound.
+        big = await answered([b.submit(rows(4, 8), 8)])
+        assert big[0].outputs[0].shape == (8, 3)
+        await b.close()
+
+    asyncio.run(main())
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """Counts the callbacks scheduled on the loop: each task wake-up is one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.callbacks = 0
+
+    def call_soon(self, callback, *args, context=None):  # type: ignore[no-untyped-def, override]
+        self.callbacks += 1
+        return super().call_soon(callback, *args, context=context)
+
+
+def test_an_arrival_wakes_one_idle_worker_not_all() -> None:
+    """64 idle workers, no queue delay: each arrival costs a handful of loop
+    callbacks (one worker woken), not one per worker, and N arrivals make at
+    most N runs."""
+    workers = 64
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, CountingLoop)
+        runs: list[int] = []
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            runs.append(feeds["x"].shape[0])
+            return [feeds["x"] * 2]
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            b = DynamicBatcher(
+                run, max_batch_size=8, workers=workers, executor=pool, inline_below=0
+            )  # inline_below=0: every request goes through the queue and a worker
+            for _ in range(5):
+                await asyncio.sleep(0)  # every worker is asleep
+            per_arrival = []
+            for i in range(10):
+                loop.callbacks = 0
+                result = await b.submit(rows(float(i)), 1)
+                for _ in range(3):
+                    await asyncio.sleep(0)  # anything else woken has run by now
+                per_arrival.append(loop.callbacks)
+                np.testing.assert_array_equal(result.outputs[0], np.full((1, 3), 2.0 * i))
+            assert max(per_arrival) < workers // 4, per_arrival
+            assert len(runs) == 10
+
+            # A burst of N concurrent arrivals: at most N runs, all answered.
+            runs.clear()
+            burst = [b.submit(rows(float(i)), 1) for i in range(20)]
+            results = await answered(burst)
+            assert len(runs) <= 20 and sum(runs) == 20
+            for i, r in enumerate(results):
+                np.testing.assert_array_equal(r.outputs[0], np.full((1, 3), 2.0 * i))
+            await b.close()
+
+    loop = CountingLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:  # as asyncio.run does: nothing left pending when the loop closes
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        loop.run_until_complete(asyncio.wait(leftover) if leftover else asyncio.sleep(0))
+        loop.close()
+
+
+def test_worker_count_is_clamped(caplog: pytest.LogCaptureFixture) -> None:
+    import serving.batcher as batcher_module
+
+    limit = batcher_module.MAX_WORKERS
+
+    async def main() -> int:
+        b = DynamicBatcher(lambda feeds: [feeds["x"]], max_batch_size=4, workers=limit * 40,
+                           name="huge:1")  # fmt: skip
+        count = b.worker_count
+        assert (await b.submit(rows(1), 1)).outputs[0][0, 0] == 1
+        await b.close()
+        return count
+
+    with caplog.at_level("WARNING", logger="serving.batcher"):
+        assert asyncio.run(main()) == limit
+    assert any("huge:1" in r.getMessage() for r in caplog.records)
