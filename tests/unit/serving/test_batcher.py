@@ -709,3 +709,29 @@ def test_worker_count_is_clamped(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("WARNING", logger="serving.batcher"):
         assert asyncio.run(main()) == limit
     assert any("huge:1" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the byte bound sums ndarray.nbytes, which is 8 bytes an element for the object "
+    "arrays BYTES inputs decode to, whatever the strings hold",
+)
+def test_the_byte_bound_counts_what_bytes_tensors_hold(executor) -> None:
+    async def main() -> None:
+        runtime = FakeRuntime(gated=True)
+        b = DynamicBatcher(
+            runtime.run, max_batch_size=8, workers=1, executor=executor, max_queue_bytes=4096
+        )
+        running = b.submit(rows(0), 1)
+        await started(runtime)
+        b.submit(rows(1), 1)  # something queued: the bound applies to the next one
+        strings = {"x": np.array([[b"s" * 100_000] * 3], dtype=object)}  # 300 kB of strings
+        try:
+            with pytest.raises(QueueFull):
+                b.submit(strings, 1)
+        finally:
+            runtime.gate.set()
+            await running
+            await b.close(drain=False)
+
+    asyncio.run(main())
