@@ -11,6 +11,10 @@ from typing import Protocol
 class Clock(Protocol):
     def now(self) -> float: ...
 
+    def cpu(self) -> float:
+        """CPU seconds of the calling thread."""
+        ...
+
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         """Return when ``event`` is set or ``timeout`` seconds have passed."""
         ...
@@ -18,6 +22,7 @@ class Clock(Protocol):
 
 class MonotonicClock:
     now = staticmethod(time.perf_counter)
+    cpu = staticmethod(time.thread_time)
 
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         try:

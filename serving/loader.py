@@ -68,7 +68,9 @@ class VersionLoader:
     def prepare(self, source: repository.ModelSource, path: Path, label: str) -> Prepared:
         """The slow part of a load; blocking, for a worker thread."""
         runtime = self.runtime_factory(path, self.settings, label)
-        config = repository.complete_config(source, runtime.inputs, runtime.outputs)
+        config = repository.complete_config(
+            source, runtime.inputs, runtime.outputs, runtime.defaults
+        )
         config.parameters["execution_provider"].string_value = runtime.provider
         kind = mc.ModelInstanceGroup.KIND_GPU if "CUDA" in runtime.provider else (
             mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip

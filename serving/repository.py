@@ -224,10 +224,15 @@ def _compatible(config_dims: Sequence[int], graph_dims: Sequence[int]) -> bool:
 
 
 def complete_config(
-    source: ModelSource, graph_inputs: Sequence[TensorInfo], graph_outputs: Sequence[TensorInfo]
+    source: ModelSource,
+    graph_inputs: Sequence[TensorInfo],
+    graph_outputs: Sequence[TensorInfo],
+    graph_defaults: Sequence[TensorInfo] = (),
 ) -> mc.ModelConfig:
     """The config to serve with: the folder's own, checked against the graph,
-    with what it leaves out filled in from the graph."""
+    with what it leaves out filled in from the graph. ``graph_defaults`` are
+    the graph's overridable initializers: inputs with a default value, which
+    a config may list (as ``optional: true``) but completion never adds."""
     config = mc.ModelConfig()
     if source.config is not None:
         config.CopyFrom(source.config)
@@ -269,7 +274,8 @@ def complete_config(
 
     graph_in = {t.name: t for t in graph_inputs}
     graph_out = {t.name: t for t in graph_outputs}
-    _complete_tensors(config.input, graph_in, "input", strip)
+    defaults = {t.name: t for t in graph_defaults}
+    _complete_tensors(config.input, graph_in, "input", strip, defaults)
     _complete_tensors(config.output, graph_out, "output", strip)
     missing = set(graph_in) - {i.name for i in config.input}
     if missing:
@@ -297,7 +303,8 @@ def complete_config(
     return config
 
 
-def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip) -> None:  # type: ignore[no-untyped-def]
+def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip,  # type: ignore[no-untyped-def]
+                      defaults: dict[str, TensorInfo] | None = None) -> None:  # fmt: skip
     if not tensors:
         for info in graph.values():
             tensors.add(
@@ -311,7 +318,7 @@ def _complete_tensors(tensors, graph: dict[str, TensorInfo], kind: str, strip) -
         if tensor.name in seen:
             raise ModelLoadError(f"config.pbtxt lists {kind} {tensor.name!r} twice")
         seen.add(tensor.name)
-        found = graph.get(tensor.name)
+        found = graph.get(tensor.name) or (defaults or {}).get(tensor.name)
         if found is None:
             raise ModelLoadError(
                 f"config.pbtxt {kind} {tensor.name!r} is not in the ONNX graph "

@@ -61,6 +61,11 @@ class Runtime(Protocol):
     @property
     def outputs(self) -> Sequence[TensorInfo]: ...
 
+    @property
+    def defaults(self) -> Sequence[TensorInfo]:
+        """Inputs the graph has a default for (overridable initializers)."""
+        ...
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run every output of the graph, in ``outputs`` order. Thread-safe."""
         ...
@@ -158,6 +163,10 @@ class OnnxRuntime:
         self.outputs = [
             TensorInfo(o.name, DATATYPE_BY_ORT_TYPE.get(o.type, o.type), _dims(o.shape))
             for o in self._session.get_outputs()
+        ]
+        self.defaults = [
+            TensorInfo(i.name, DATATYPE_BY_ORT_TYPE.get(i.type, i.type), _dims(i.shape))
+            for i in self._session.get_overridable_initializers()
         ]
         self._output_names = [o.name for o in self.outputs]
         self._run = self._session.run

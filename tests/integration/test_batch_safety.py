@@ -149,12 +149,6 @@ def test_an_optional_input_without_a_graph_default_is_required(
     assert_model_answers(stub, "needsbias")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serving.repository.complete_config checks config inputs against the session's "
-    "get_inputs(), which leaves out overridable initializers: an optional input with a graph "
-    "default fails to load ('config.pbtxt input 'bias' is not in the ONNX graph')",
-)
 def test_an_optional_input_sent_by_some_and_omitted_by_others(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:

@@ -24,6 +24,9 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    def cpu(self) -> float:  # a simulated run's compute is all CPU
+        return self.t
+
     async def wait(self, event: asyncio.Event, timeout: float) -> None:
         timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._timers.append((self.t + timeout, timer))
@@ -711,11 +714,6 @@ def test_worker_count_is_clamped(caplog: pytest.LogCaptureFixture) -> None:
     assert any("huge:1" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the byte bound sums ndarray.nbytes, which is 8 bytes an element for the object "
-    "arrays BYTES inputs decode to, whatever the strings hold",
-)
 def test_the_byte_bound_counts_what_bytes_tensors_hold(executor) -> None:
     async def main() -> None:
         runtime = FakeRuntime(gated=True)

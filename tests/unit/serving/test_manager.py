@@ -34,6 +34,7 @@ class FakeRuntime:
         TensorInfo("logits", "FP32", (-1, 2)),
         TensorInfo("probabilities", "FP32", (-1, 2)),
     )
+    defaults: Sequence[TensorInfo] = ()
 
     def __init__(self, factor: float, gate: threading.Event | None) -> None:
         self.factor = factor
