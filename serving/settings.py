@@ -110,6 +110,12 @@ class ServingSettings(BaseSettings):
     tls_client_ca: Path | None = None
     """PEM CA bundle: when set, clients must present a certificate it signed (mTLS)."""
 
+    http_head_timeout_secs: float = Field(default=10.0, gt=0)
+    """REST: seconds a request head may take to arrive; a late one is closed."""
+
+    http_body_timeout_secs: float = Field(default=60.0, gt=0)
+    """REST: seconds a request body may take to arrive after its head."""
+
     loop_watchdog_ms: float = Field(default=0.0, ge=0)
     """Log a warning whenever the event loop could not run for this long
     (serving.watchdog; 0: off). The tests run every server with 100."""

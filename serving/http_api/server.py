@@ -19,6 +19,7 @@ from typing import Callable
 
 import uvicorn
 
+from serving.http_api.protocol import bounded_protocol
 from serving.http_api.routes import RestApp
 from serving.service import InferenceService
 from serving.settings import ServingSettings
@@ -52,7 +53,8 @@ class HttpFrontend:
             if s.tls_client_ca is not None:
                 tls["ssl_ca_certs"] = str(s.tls_client_ca)
         self.config = uvicorn.Config(
-            self.app, host=s.host, port=s.http_port, loop="none", http="httptools",
+            self.app, host=s.host, port=s.http_port, loop="none",
+            http=bounded_protocol(s.http_head_timeout_secs, s.http_body_timeout_secs),
             ws="none", lifespan="off", interface="asgi3", log_config=None, access_log=False,
             server_header=False, limit_concurrency=LIMIT_CONCURRENCY,
             timeout_keep_alive=KEEP_ALIVE_SECS, backlog=BACKLOG,

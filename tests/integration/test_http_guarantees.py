@@ -361,3 +361,57 @@ def test_workers_share_the_http_port(repo: Path) -> None:
         # Each worker logs its start line once it serves; the second may
         # still be loading when the first answers.
         assert wait_for(lambda: server.log().count(line) == 2, 60), server.log()
+
+
+# -- slow and half-open clients ----------------------------------------------------------
+
+
+def _port(server: ServerProcess) -> tuple[str, int]:
+    host, port = server.http_url.rsplit(":", 1)
+    return host, int(port)
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection (EOF or reset) within ``within`` s."""
+    sock.settimeout(within)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_heads_and_bodies_are_cut_and_big_heads_refused(repo: Path) -> None:
+    """A head or a body that trickles in is closed after its timeout (uvicorn
+    bounds neither); a head over 16 KiB gets 431 with a JSON error; the server
+    answers others meanwhile."""
+    env = {"SERVING_HTTP_HEAD_TIMEOUT_SECS": "1", "SERVING_HTTP_BODY_TIMEOUT_SECS": "1"}
+    with ServerProcess(repo, env=env) as server:
+        address = _port(server)
+        silent = socket.create_connection(address)  # connects, sends nothing
+        half = socket.create_connection(address)
+        half.sendall(b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\n")  # no end of head
+        slow_body = socket.create_connection(address)
+        slow_body.sendall(
+            b"POST " + INFER.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        api = Http(server.http_url)
+        assert_correct(api, repo)  # others are served meanwhile
+        for sock in (silent, half, slow_body):
+            assert _closed_by_server(sock, 30)
+            sock.close()
+        big = socket.create_connection(address)
+        big.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+        big.settimeout(30)
+        answer = b""
+        while chunk := big.recv(65536):
+            answer += chunk
+        big.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431"), head
+        assert "16384 bytes" in json.loads(body)["error"]
+        assert_correct(api, repo)
+        api.close()
