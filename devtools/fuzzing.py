@@ -38,7 +38,7 @@ INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
 class Server(Protocol):
-    """What the checks need of a running server (tests.serverproc.ServerProcess)."""
+    """What the checks need of a running server (devtools.serverproc.ServerProcess)."""
 
     proc: subprocess.Popen[str] | None
 

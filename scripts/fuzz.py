@@ -35,8 +35,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from devtools import fuzzing as fz  # noqa: E402
+from devtools.serverproc import ServerProcess  # noqa: E402
 from serving._generated import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.serverproc import ServerProcess  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

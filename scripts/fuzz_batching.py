@@ -508,7 +508,7 @@ class StuckStream:
         self._call.cancel()
 
 
-# --- a server for long runs (tests use tests.serverproc) -------------------------
+# --- a server for long runs (tests use devtools.serverproc) -------------------------
 
 
 def free_port() -> int:

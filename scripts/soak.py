@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url, pid = args.url, args.pid
     else:
-        from tests.serverproc import ServerProcess
+        from devtools.serverproc import ServerProcess
 
         server = ServerProcess(args.repository, *args.serve_args, allow_loop_stalls=True).start()
         assert server.proc is not None

@@ -13,8 +13,8 @@ import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.onnx_models import write_model
+from devtools.serverproc import ServerProcess
 from tests.deploy.promql import REPO
-from tests.serverproc import ServerProcess
 
 README = REPO / "deploy" / "README.md"
 REQUESTS = 40

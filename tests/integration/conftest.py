@@ -27,9 +27,9 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import DEFAULT_MODELS, DEFAULT_NAMES, build_repo
-from tests.serverproc import ServerProcess
 
 
 @pytest.fixture(scope="session")

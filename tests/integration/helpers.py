@@ -19,8 +19,8 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from devtools.onnx_models import config_text, mlp, write_model
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2 as pb
-from tests.serverproc import ServerProcess
 
 #: The five default models committed to the repository (contract: presets).
 DEFAULT_MODELS = Path(__file__).resolve().parents[2] / "models"

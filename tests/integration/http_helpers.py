@@ -10,7 +10,7 @@ import ssl
 import urllib.request
 from typing import Any
 
-from tests.serverproc import ServerProcess
+from devtools.serverproc import ServerProcess
 
 
 class Http:

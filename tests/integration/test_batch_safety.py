@@ -29,10 +29,10 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
+from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
 
 TIMEOUT = 30  # seconds a request may take before it counts as never answered
 MESSAGE_LIMIT = 256 * 1024  # --max-message-bytes of the F13 server

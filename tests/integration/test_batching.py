@@ -13,7 +13,7 @@ import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 
 from devtools.onnx_models import mlp, write_model
-from tests.serverproc import ServerProcess
+from devtools.serverproc import ServerProcess
 
 CLIENTS = 64
 

@@ -14,8 +14,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from devtools.serverproc import ServerProcess, run_cli
 from tests.integration.helpers import CLASSIFIER_LABELS, DEFAULT_MODELS, model_file, reference
-from tests.serverproc import ServerProcess, run_cli
 from tests.support import free_port
 
 

@@ -22,6 +22,7 @@ import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
@@ -33,7 +34,6 @@ from tests.integration.helpers import (
     rows,
     rpc_error,
 )
-from tests.serverproc import ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 Stub = pb_grpc.GRPCInferenceServiceStub

@@ -37,9 +37,9 @@ from devtools.fuzzing import (
     valid_request_bytes,
     valid_requests,
 )
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
 
 MIN_REQUESTS = 2000
 BURST = 12  # requests per Hypothesis example

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
 
 MIN_REQUESTS = 2000
 BURST = 24  # requests per Hypothesis example

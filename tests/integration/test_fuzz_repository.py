@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devtools.onnx_models import config_text, mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, wait_for
 
 POLL = ("--model-control-mode", "poll", "--repository-poll-secs", "0.1")
 TIMEOUT = 30.0

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
     CLASSIFIER_LABELS,
@@ -38,7 +39,6 @@ from tests.integration.helpers import (
     rows,
 )  # fmt: skip
 from tests.integration.http_helpers import Http, counter, error_of
-from tests.serverproc import ServerProcess
 from tests.support import require_binary
 
 X1 = [[0.5, -1.0]]
@@ -371,7 +371,7 @@ def test_perf_analyzer_over_http(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_predict_and_bench_over_http(server: ServerProcess, repo: Path, tmp_path: Path) -> None:
-    from tests.serverproc import run_cli
+    from devtools.serverproc import run_cli
 
     x = [[0.5, -1.0]]
     by_url = run_cli("predict", "--url", f"http://{server.http_url}", "--model", "classifier",

@@ -20,10 +20,10 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devtools.serverproc import ServerProcess, wait_for
 from tests.integration.helpers import build_repo, model_file, reference
 from tests.integration.http_helpers import Http, error_of
 from tests.pki import issue, make_ca
-from tests.serverproc import ServerProcess, wait_for
 
 X = [[0.25, -0.75]]
 BODY = json.dumps(
@@ -114,7 +114,7 @@ def _tls_server(repo: Path, pki: dict[str, Path], *extra: str) -> ServerProcess:
 
 
 def _wait_https(server: ServerProcess, context: ssl.SSLContext) -> Http:
-    from tests.serverproc import wait_for
+    from devtools.serverproc import wait_for
 
     api = Http(server.http_url, context)
 

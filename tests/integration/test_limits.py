@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from devtools.onnx_models import mlp, slow_mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import expected, inflight, outputs, request
-from tests.serverproc import ServerProcess, wait_for
 
 FLAG_QUEUE = 2  # --max-queue-size
 CONFIG_QUEUE = 1  # default_queue_policy.max_queue_size of model "slow-config-queue"

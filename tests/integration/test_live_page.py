@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import pytest
 
 from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess
 from tests.integration.loadgen import Load
-from tests.serverproc import ServerProcess
 from tests.support import require_binary
 
 WIDTH, HEIGHT = 1400, 900

@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess
 from tests.integration.loadgen import good_input
-from tests.serverproc import ServerProcess
 
 Labels = tuple[tuple[str, str], ...]
 

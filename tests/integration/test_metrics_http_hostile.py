@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
 from serving.http_server import (
     CONNECTION_TIMEOUT,
     MAX_PENDING,
@@ -42,7 +43,6 @@ from serving.http_server import (
     MetricsHttpServer,
 )
 from serving.metrics_app import make_app
-from tests.serverproc import ServerProcess, wait_for
 
 MODEL = "hostile"
 SCRAPERS = 256

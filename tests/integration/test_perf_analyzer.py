@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import ServerProcess
+from devtools.serverproc import ServerProcess
 from tests.support import REQUIRE_SYSTEM_TOOLS, require_binary
 
 CONCURRENCY = [1, 2, 3, 4]

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess
 from tests.deploy import promql
 from tests.integration.loadgen import Load
-from tests.serverproc import ServerProcess
 from tests.support import free_port, require_binary
 
 #: Upper bound on waiting for series and rule evaluations; a healthy run

@@ -21,10 +21,10 @@ import onnx
 import pytest
 
 from devtools.onnx_models import mlp, slow_mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import expected, inflight, outputs, request
-from tests.serverproc import ServerProcess, wait_for
 
 POLL = "0.2"
 TIMEOUT = 60.0  # seconds to wait for a poll to take effect (a loaded machine is slow)

@@ -23,9 +23,9 @@ import onnxruntime as ort
 import pytest
 
 from devtools.onnx_models import config_text, mlp, write_model
+from devtools.serverproc import ServerFailed, ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerFailed, ServerProcess, wait_for
 
 POLL = ("--model-control-mode", "poll", "--repository-poll-secs", "0.2")
 TIMEOUT = 30.0  # seconds for a poll to take effect on a loaded machine

@@ -16,12 +16,12 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerFailed, ServerProcess, run_cli
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.test_limits import expected, outputs, request
-from tests.onnx_models import mlp, write_model
+from tests.integration.helpers import expected, outputs, request
 from tests.pki import Pem, issue, make_ca
-from tests.serverproc import ServerFailed, ServerProcess, run_cli
 from tests.support import free_port
 
 TOKEN = "tok-3f9a81c2d4e5"

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
+from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
@@ -33,7 +34,6 @@ from tests.integration.helpers import (
     rows,
     rpc_error,
 )
-from tests.serverproc import ServerProcess
 
 SERVICE = "inference.GRPCInferenceService"
 

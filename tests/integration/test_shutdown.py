@@ -17,9 +17,9 @@ import onnxruntime as ort
 import pytest
 
 from devtools.onnx_models import mlp, slow_mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import inflight, outputs, request
-from tests.serverproc import ServerProcess, wait_for
 
 CLIENTS = 8
 SEED = 21

@@ -17,9 +17,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.onnx_models import mlp, write_model
+from devtools.onnx_models import mlp, write_model
+from devtools.serverproc import ServerProcess, run_cli
 from tests.pki import issue, make_ca
-from tests.serverproc import ServerProcess, run_cli
 from tests.support import free_port
 
 

@@ -21,9 +21,9 @@ from typing import Iterator
 import grpc
 import pytest
 
+from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
 
 WINDOW_BYTES = 64 * 1024 * 1024  # the server's default --stream-window-bytes
 RSS_BOUND_KB = 3 * WINDOW_BYTES // 1024

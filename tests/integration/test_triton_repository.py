@@ -20,10 +20,10 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
 
 from devtools.onnx_models import IR_VERSION, OPSET, mlp
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import infer_input, reference, rows, rpc_error
-from tests.serverproc import ServerProcess, wait_for
 
 # Triton's documentation style, as found in its model repositories.
 HAND_WRITTEN = """

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import tritonclient.grpc as tc
 
 from devtools.onnx_models import write_model
-from tests.serverproc import ServerProcess, run_cli
+from devtools.serverproc import ServerProcess, run_cli
 
 
 def _metric(text: str, name: str) -> float:

@@ -23,7 +23,7 @@ from typing import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import free_port
+from devtools.ports import free_port
 
 #: The watchdog threshold test servers run with (SERVING_LOOP_WATCHDOG_MS).
 LOOP_WATCHDOG_MS = 100
