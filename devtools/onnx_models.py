@@ -130,6 +130,21 @@ def slow_mlp(seed: int = 0, matmuls: int = 80, n: int = 512) -> onnx.ModelProto:
         for i, name in enumerate(node.output):
             if name == "logits":
                 node.output[i] = "fast_logits"
+    nodes = slow_nodes(graph, "input", "fast_logits", "logits", matmuls, n)
+    at = next(i for i, node in enumerate(graph.node) if node.op_type == "Softmax")
+    ordered = [*graph.node[:at], *nodes, *graph.node[at:]]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    onnx.checker.check_model(model)
+    return model
+
+
+def slow_nodes(
+    graph: onnx.GraphProto, source: str, fast: str, out: str, matmuls: int, n: int
+) -> list[onnx.NodeProto]:
+    """Nodes that make ``out`` = ``fast`` + 0 * sum(M^(matmuls+1)), where M
+    (n x n) depends on input ``source`` so onnxruntime cannot fold it away at
+    load time: the same answers, slowly. Adds the constants to ``graph``."""
     graph.initializer.extend(
         [
             numpy_helper.from_array(np.array([n, n], np.int64), "slow_shape"),
@@ -138,7 +153,7 @@ def slow_mlp(seed: int = 0, matmuls: int = 80, n: int = 512) -> onnx.ModelProto:
     )
     fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0 / n])
     nodes = [
-        helper.make_node("ReduceSum", ["input"], ["slow_sum"], keepdims=0),
+        helper.make_node("ReduceSum", [source], ["slow_sum"], keepdims=0),
         helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_z"]),
         helper.make_node("ConstantOfShape", ["slow_shape"], ["slow_fill"], value=fill),
         helper.make_node("Add", ["slow_z", "slow_fill"], ["slow_m0"]),
@@ -148,11 +163,6 @@ def slow_mlp(seed: int = 0, matmuls: int = 80, n: int = 512) -> onnx.ModelProto:
     nodes += [
         helper.make_node("ReduceSum", [f"slow_m{matmuls}"], ["slow_total"], keepdims=0),
         helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
-        helper.make_node("Add", ["fast_logits", "slow_nothing"], ["logits"]),
+        helper.make_node("Add", [fast, "slow_nothing"], [out]),
     ]
-    at = next(i for i, node in enumerate(graph.node) if node.op_type == "Softmax")
-    ordered = [*graph.node[:at], *nodes, *graph.node[at:]]
-    del graph.node[:]
-    graph.node.extend(ordered)
-    onnx.checker.check_model(model)
-    return model
+    return nodes

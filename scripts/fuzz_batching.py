@@ -47,6 +47,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from devtools.onnx_models import slow_nodes  # noqa: E402
+from devtools.procs import rss_kb  # noqa: E402
 from serving._generated import grpc_service_pb2 as pb  # noqa: E402
 from serving._generated import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -154,26 +156,7 @@ def slow_sum_model(matmuls: int = 40, n: int = 384) -> onnx.ModelProto:
     model = sum_model()
     graph = model.graph
     graph.node[-1].output[0] = "fast_y"
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array([n, n], np.int64), "slow_shape"),
-            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
-        ]
-    )
-    fill = helper.make_tensor("fill", TensorProto.FLOAT, [1], [1.0 / n])
-    nodes = [
-        helper.make_node("ReduceSum", ["x"], ["slow_sum"], keepdims=0),
-        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_z"]),
-        helper.make_node("ConstantOfShape", ["slow_shape"], ["slow_fill"], value=fill),
-        helper.make_node("Add", ["slow_z", "slow_fill"], ["slow_m0"]),
-    ]
-    for i in range(matmuls):
-        nodes.append(helper.make_node("MatMul", [f"slow_m{i}", "slow_m0"], [f"slow_m{i + 1}"]))
-    nodes += [
-        helper.make_node("ReduceSum", [f"slow_m{matmuls}"], ["slow_total"], keepdims=0),
-        helper.make_node("Mul", ["slow_total", "slow_zero"], ["slow_nothing"]),
-        helper.make_node("Add", ["fast_y", "slow_nothing"], ["y"]),
-    ]
+    nodes = slow_nodes(graph, "x", "fast_y", "y", matmuls, n)
     graph.node.extend(nodes)
     onnx.checker.check_model(model)
     return model
@@ -459,15 +442,6 @@ def error_code(message: str) -> str:
     if "internal error" in message or "inference failed" in message:
         return "INTERNAL"
     return "INVALID_ARGUMENT"
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory of a process (VmRSS, kB)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 class StuckStream:

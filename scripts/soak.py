@@ -45,6 +45,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from devtools.procs import rss_kb  # noqa: E402
 from serving._generated import grpc_service_pb2 as pb  # noqa: E402
 from serving._generated import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -84,14 +85,6 @@ class Tally:
 
     def minute(self, t: float) -> Minute:
         return self.minutes.setdefault(min(int(t // MINUTE), self.last_minute), Minute())
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def request(model: Model, x: np.ndarray, **overrides: Any) -> pb.ModelInferRequest:

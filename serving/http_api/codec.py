@@ -72,6 +72,17 @@ def _typed(value: Any, what: str, cls: type, expected: str, default: Any) -> Any
     return value
 
 
+def _named(item: Any, where: str, i: int) -> tuple[dict[str, Any], str]:
+    """Entry ``i`` of the ``where`` array as an object, and its non-empty name."""
+    obj = item if type(item) is dict else json_object(item, f"{where}[{i}]")
+    name = obj.get("name")
+    if type(name) is not str:
+        name = _string(name, f"{where}[{i}].name")
+    if not name:
+        raise InvalidInput(f"{where}[{i}] needs a 'name'")
+    return obj, name
+
+
 def _string(value: Any, what: str, default: str = "") -> str:
     return str(_typed(value, what, str, "a string", default))
 
@@ -116,12 +127,7 @@ def decode_request(header: dict[str, Any], binary: memoryview, model: str, versi
     # Each check below tests the type first and builds its error message only
     # when it fails: an f-string per field was a measurable part of a request.
     for i, item in enumerate(raw_inputs):
-        inp = item if type(item) is dict else json_object(item, f"inputs[{i}]")
-        name = inp.get("name")
-        if type(name) is not str:
-            name = _string(name, f"inputs[{i}].name")
-        if not name:
-            raise InvalidInput(f"inputs[{i}] needs a 'name'")
+        inp, name = _named(item, "inputs", i)
         datatype = inp.get("datatype")
         if type(datatype) is not str:
             datatype = _string(datatype, f"input {quoted(name)} datatype")
@@ -190,12 +196,7 @@ def _outputs(
     requested = []
     listed: dict[str, bool] = {}
     for i, item in enumerate(value):
-        out = item if type(item) is dict else json_object(item, f"outputs[{i}]")
-        name = out.get("name")
-        if type(name) is not str:
-            name = _string(name, f"outputs[{i}].name")
-        if not name:
-            raise InvalidInput(f"outputs[{i}] needs a 'name'")
+        out, name = _named(item, "outputs", i)
         params = out.get("parameters")
         count = 0
         raw = binary_default
