@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dlserve.errors import ClientError
-from serving.tensors import DTYPE_BY_DATATYPE
+from serving.datatypes import DTYPE_BY_DATATYPE
 
 METHOD = "/inference.GRPCInferenceService/"
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dlserve.errors import ClientError
-from serving.tensors import DTYPE_BY_DATATYPE
+from serving.datatypes import DTYPE_BY_DATATYPE
 
 
 def channel(url: str, tls_ca: Path | None = None) -> Any:

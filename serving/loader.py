@@ -20,12 +20,12 @@ import numpy as np
 from serving import repository
 from serving._generated import model_config_pb2 as mc
 from serving.batcher import DynamicBatcher
+from serving.datatypes import DTYPE_BY_DATATYPE
 from serving.errors import ModelLoadError, ServingError
 from serving.metrics import Metrics
 from serving.recorder import VersionRecorder
 from serving.runtime import OnnxRuntime, Runtime
 from serving.settings import ServingSettings
-from serving.tensors import DTYPE_BY_DATATYPE
 from serving.validation import ModelSignature, OutputSpec, TensorSpec
 from serving.versions import LoadedVersion
 

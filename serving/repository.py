@@ -31,6 +31,7 @@ from typing import Sequence
 from google.protobuf import text_format
 
 from serving._generated import model_config_pb2 as mc
+from serving.datatypes import CONFIG_BY_DATATYPE, DATATYPE_BY_CONFIG
 from serving.errors import ModelLoadError
 from serving.files import (
     digest_bytes,
@@ -54,25 +55,6 @@ _VERSION_RE = re.compile(r"^[0-9]{1,18}$")
 #: Names already warned about, so a poll does not repeat the warning (bounded).
 _warned: set[str] = set()
 _MAX_WARNED = 1024
-
-#: config DataType enum name <-> KServe V2 datatype name.
-DATATYPE_BY_CONFIG = {
-    "TYPE_BOOL": "BOOL",
-    "TYPE_UINT8": "UINT8",
-    "TYPE_UINT16": "UINT16",
-    "TYPE_UINT32": "UINT32",
-    "TYPE_UINT64": "UINT64",
-    "TYPE_INT8": "INT8",
-    "TYPE_INT16": "INT16",
-    "TYPE_INT32": "INT32",
-    "TYPE_INT64": "INT64",
-    "TYPE_FP16": "FP16",
-    "TYPE_FP32": "FP32",
-    "TYPE_FP64": "FP64",
-    "TYPE_STRING": "BYTES",
-    "TYPE_BF16": "BF16",
-}
-CONFIG_BY_DATATYPE = {v: k for k, v in DATATYPE_BY_CONFIG.items()}
 
 
 def datatype_of(enum_value: int) -> str:

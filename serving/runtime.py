@@ -14,30 +14,13 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from serving.datatypes import DATATYPE_BY_ORT_TYPE
 from serving.errors import InferenceFailed, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
-
-#: onnxruntime's tensor type string -> KServe V2 datatype.
-DATATYPE_BY_ORT_TYPE = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(bfloat16)": "BF16",
-    "tensor(string)": "BYTES",
-}
 
 
 @dataclass(frozen=True, slots=True)

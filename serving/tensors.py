@@ -14,30 +14,6 @@ from typing import Any
 
 import numpy as np
 
-#: KServe V2 datatype name -> numpy dtype. BYTES is a numpy object array of
-#: ``bytes``; BF16 has no numpy type and travels as its raw uint16 bits.
-DTYPE_BY_DATATYPE: dict[str, np.dtype[Any]] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BF16": np.dtype(np.uint16),
-    "BYTES": np.dtype(np.object_),
-}
-
-#: numpy dtype -> KServe V2 datatype name (BF16 is never inferred).
-DATATYPE_BY_DTYPE: dict[np.dtype[Any], str] = {
-    dt: name for name, dt in DTYPE_BY_DATATYPE.items() if name != "BF16"
-}
-
 
 @dataclass(slots=True)
 class Tensor:

@@ -17,8 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+from serving.datatypes import DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
-from serving.tensors import DTYPE_BY_DATATYPE, RequestedOutput, Tensor
+from serving.tensors import RequestedOutput, Tensor
 
 #: The 4-byte little-endian length before each raw BYTES element.
 _LENGTH = struct.Struct("<I")

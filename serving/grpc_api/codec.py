@@ -15,25 +15,11 @@ from typing import Any
 import numpy as np
 
 from serving._generated import grpc_service_pb2 as pb
+from serving.datatypes import CONTENTS_FIELD, DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
-from serving.tensors import DTYPE_BY_DATATYPE, InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from serving.validation import quoted, raw_tensor
 
-#: datatype -> the InferTensorContents field that carries it.
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 _ALL_CONTENTS = tuple(sorted(set(CONTENTS_FIELD.values())))
 #: Datatypes whose typed contents field (int32/uint32) holds wider values.
 _NARROW_INTS = frozenset({"INT8", "INT16", "UINT8", "UINT16"})

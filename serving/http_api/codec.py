@@ -24,9 +24,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving.datatypes import DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
 from serving.grpc_api.codec import encode_bytes
-from serving.tensors import DTYPE_BY_DATATYPE, InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from serving.validation import quoted, raw_tensor
 
 _MAX_RANK = 32

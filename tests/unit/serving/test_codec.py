@@ -16,9 +16,10 @@ from tritonclient.grpc import service_pb2 as triton_pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from serving._generated import grpc_service_pb2 as pb
+from serving.datatypes import DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
 from serving.grpc_api import codec
-from serving.tensors import DTYPE_BY_DATATYPE, InferResponse, RequestedOutput, Tensor
+from serving.tensors import InferResponse, RequestedOutput, Tensor
 from serving.validation import decode_bytes
 
 NUMERIC = sorted(k for k in DTYPE_BY_DATATYPE if k not in ("BYTES",))
