@@ -230,4 +230,11 @@ async def serve(
         on_started(running)
     await app.wait()
     await app.stop()
+    # The drain is over and the process exits with 0: a stop signal that
+    # arrives from now on (an orchestrator repeating SIGTERM) must not turn
+    # that into death by signal once the loop closes and asyncio restores
+    # the default handlers.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
     return 0

@@ -147,3 +147,24 @@ def test_stop_with_nothing_in_flight_exits_zero(tmp_path: Path) -> None:
     write_model(tmp_path, "model", model=mlp(seed=SEED))
     with ServerProcess(tmp_path) as server:
         assert server.stop(signal.SIGTERM, timeout=60) == 0
+
+
+def test_stop_signals_after_the_drain_keep_exit_code_zero(tmp_path: Path) -> None:
+    """An orchestrator may repeat SIGTERM. Once the drain is over ("stopped"
+    logged), further signals must not turn exit code 0 into death by signal
+    (asyncio restores the default handlers when its loop closes)."""
+    import time
+
+    write_model(tmp_path, "model", model=mlp(seed=SEED))
+    with ServerProcess(tmp_path) as server:
+        proc = server.proc
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stopped" in server.log(), 60), server.log()
+        while proc.poll() is None:  # keep signalling through the whole exit
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                break
+            time.sleep(0.0005)
+        assert proc.wait(60) == 0, server.log()
