@@ -27,6 +27,10 @@ class Job:
     enqueued: float
     deadline: float | None
     nbytes: int
+    #: 0-based priority level (serving.queues).
+    level: int = 0
+    #: When a DELAY queue policy's timeout passes (None: none pending).
+    delay_at: float | None = None
 
 
 def fits(first: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> bool:

@@ -32,7 +32,8 @@ When such a model's batcher is idle (nothing queued or running, no queue
 delay), a request runs at once in its caller's turn of the loop: no worker
 wake-up, which is most of the batcher's cost at low load.
 
-The clock is injectable, so tests drive time by hand.
+Requests wait in a ``queues.PriorityQueue`` (Triton's priority levels and
+queue policies). The clock is injectable, so tests drive time by hand.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import numpy as np
 from serving.batch_jobs import BatchResult, Job, fits
 from serving.clock import Clock, MonotonicClock
 from serving.errors import InferenceFailed, QueueFull, QueueTimeout, ServingError, ShuttingDown
+from serving.queues import PriorityQueue, QueueSetup
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class DynamicBatcher:
         max_queue_delay: float = 0.0,
         preferred_batch_sizes: Sequence[int] = (),
         max_queue_size: int = 0,
+        queue: QueueSetup | None = None,
         max_queue_bytes: int = 0,
         workers: int = 1,
         executor: concurrent.futures.Executor | None = None,
@@ -81,14 +84,14 @@ class DynamicBatcher:
         """``run`` executes one batch (in ``executor``'s threads, or inline on
         the event loop when it is None) and returns every output with the
         batch's rows first. ``on_batch(rows, compute_seconds)`` is called per
-        executed batch."""
+        executed batch. ``queue``: priority levels and policies (default: one
+        level of ``max_queue_size``)."""
         self._run = run
         self._max_rows = max(1, max_batch_size)
         self._batching = batching and max_batch_size > 0
         self._delay = max_queue_delay if self._batching else 0.0
         preferred = sorted(p for p in preferred_batch_sizes if 0 < p <= self._max_rows)
         self._target = preferred[-1] if preferred else self._max_rows
-        self._max_queue = max_queue_size
         self._max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
         self._executor = executor
@@ -98,7 +101,7 @@ class DynamicBatcher:
         #: running average of a batch's compute seconds (inf until measured)
         self._compute_avg = float("inf")
         self._name = name
-        self._queue: collections.deque[Job] = collections.deque()
+        self._queue = PriorityQueue(queue or QueueSetup(limit=max_queue_size))
         self._queued_rows = 0
         #: Set on arrival for a worker that waits for company (queue delay).
         self._arrival = asyncio.Event()
@@ -134,22 +137,30 @@ class DynamicBatcher:
         """Bytes of tensor data the queued requests hold."""
         return self._queued_bytes
 
+    def depths(self) -> list[int]:
+        """Requests waiting at each priority level, level 1 first."""
+        return self._queue.depths()
+
     @property
     def worker_count(self) -> int:
         return len(self._workers)
 
     def submit(
-        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
     ) -> asyncio.Future[BatchResult]:
-        """Queue one validated request of ``rows`` rows. ``deadline`` is a
-        time on the batcher's clock after which it is dropped unrun."""
+        """Queue one validated request of ``rows`` rows, dropped unrun after
+        ``deadline`` (batcher clock); its level's policy applies ``priority``
+        and ``timeout_us``, the request's parameters."""
         if self._closing:
             raise ShuttingDown(f"model '{self._name}' is shutting down; retry on another replica")
-        if self._max_queue and len(self._queue) >= self._max_queue:
-            raise QueueFull(
-                f"model '{self._name}' has {len(self._queue)} requests queued, its limit; "
-                "retry later or add replicas"
-            )
+        now = self._clock.now()
+        level, deadline, delay_at = self._queue.admit(priority, timeout_us, now, deadline,
+                                                      self._name)  # fmt: skip
         nbytes = 0
         for array in feeds.values():
             # An object array (BYTES) holds references: count what they hold.
@@ -165,7 +176,7 @@ class DynamicBatcher:
                 "retry later or add replicas"
             )
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-        job = Job(feeds, rows, future, self._clock.now(), deadline, nbytes)
+        job = Job(feeds, rows, future, now, deadline, nbytes, level, delay_at)
         if (
             self._busy == 0
             and not self._queue
@@ -201,7 +212,7 @@ class DynamicBatcher:
         self._workers = []
         self._sleepers.clear()
         while self._queue:
-            job = self._queue.popleft()
+            job = self._queue.pop()
             if not job.future.done():
                 job.future.set_exception(ShuttingDown(f"model '{self._name}' was unloaded"))
         self._queued_rows = 0
@@ -246,7 +257,7 @@ class DynamicBatcher:
                 self._busy -= 1
 
     async def _wait_for_company(self) -> None:
-        oldest = self._queue[0].enqueued
+        oldest = self._queue.head().enqueued
         while self._queue and self._queued_rows < self._target:
             remaining = oldest + self._delay - self._clock.now()
             if remaining <= 0:
@@ -259,8 +270,9 @@ class DynamicBatcher:
         rows = 0
         now = self._clock.now()
         queue = self._queue
+        queue.expire(now)
         while queue:
-            job = queue[0]
+            job = queue.head()
             late = job.deadline is not None and now > job.deadline
             if (
                 not job.future.done()
@@ -273,7 +285,7 @@ class DynamicBatcher:
                 )
             ):
                 break  # the next batch starts with it
-            queue.popleft()
+            queue.pop()
             self._queued_rows -= job.rows
             self._queued_bytes -= job.nbytes
             if job.future.done():  # cancelled by its caller

@@ -193,21 +193,22 @@ class InferenceService:
         self, request: InferRequest, started: float, deadline: float | None = None
     ) -> Pending:
         """Look up, validate and queue; raises ServingError for a bad request.
-        A ``timeout`` request parameter (microseconds, the schedule-policy
-        extension) tightens the deadline."""
+        The ``priority`` and ``timeout`` (microseconds) request parameters
+        of the schedule-policy extension go to the model's queue policy."""
         try:
             loaded = self._table.get(request.model_name, request.model_version)
         except ServingError as exc:
             self.record_failure(request.model_name, request.model_version, exc)
             raise
         try:
+            priority = timeout = 0
             if request.parameters:
-                deadline = _with_timeout(request.parameters.get("timeout"), started, deadline)
+                priority, timeout = _schedule(request.parameters)
             signature = loaded.signature
             if request.outputs:
                 signature.check_outputs(request.outputs)
             feeds, rows = signature.validate(request.inputs)
-            future = loaded.batcher.submit(feeds, rows, deadline)
+            future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))
             raise
@@ -275,14 +276,14 @@ def _check_size(outputs: tuple[Tensor, ...], limit: int) -> None:
         )
 
 
-def _with_timeout(timeout: object, started: float, deadline: float | None) -> float | None:
-    if timeout is None:
-        return deadline
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-        raise InvalidInput(
-            f"parameter 'timeout' must be a whole number of microseconds >= 0, got {timeout!r}"
-        )
-    if timeout == 0:  # no timeout, as in Triton
-        return deadline
-    own = started + timeout / 1e6
-    return own if deadline is None else min(deadline, own)
+def _schedule(parameters: Mapping[str, object]) -> tuple[int, int]:
+    """The ``priority`` and ``timeout`` parameters, each a whole number >= 0."""
+    values = []
+    for key, unit in (("priority", ""), ("timeout", " of microseconds")):
+        value = parameters.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(
+                f"parameter {key!r} must be a whole number{unit} >= 0, got {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]
