@@ -1,5 +1,5 @@
 """Builds a serving model version: runtime session, completed config,
-signature, warm-up run, batcher and recorder.
+signature, warm-up (``serving.warmup``), queue setup, batcher and recorder.
 
 ``prepare`` is the slow part (onnxruntime session, warm-up) and runs in a
 worker thread; ``activate`` binds the batcher and the recorder on the event
@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from serving import repository
 from serving._generated import model_config_pb2 as mc
 from serving.batcher import DynamicBatcher
-from serving.datatypes import DTYPE_BY_DATATYPE
-from serving.errors import ModelLoadError, ServingError
 from serving.metrics import Metrics
+from serving.queues import QueueSetup, setup_of
 from serving.recorder import VersionRecorder
 from serving.runtime import OnnxRuntime, Runtime
 from serving.settings import ServingSettings
 from serving.validation import ModelSignature, OutputSpec, TensorSpec
 from serving.versions import LoadedVersion
+from serving.warmup import warm_up
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +48,7 @@ class Prepared:
     config: mc.ModelConfig
     signature: ModelSignature
     output_index: dict[str, int]
+    queue: QueueSetup
 
 
 class VersionLoader:
@@ -94,8 +93,10 @@ class VersionLoader:
         )
         graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
         index = {o.name: graph_index[o.name] for o in config.output}
-        _warm_up(runtime, inputs, config.max_batch_size > 0)
-        return Prepared(runtime, config, signature, index)
+        db = config.dynamic_batching if config.HasField("dynamic_batching") else None
+        queue = setup_of(db, self.settings.max_queue_size)
+        warm_up(runtime, config, inputs, source.path, label)
+        return Prepared(runtime, config, signature, index, queue)
 
     def activate(
         self, name: str, version: int, prepared: Prepared, fingerprint: object
@@ -105,9 +106,6 @@ class VersionLoader:
         version_str = str(version)
         recorder = VersionRecorder(self.metrics, name, version_str)
         db = config.dynamic_batching if config.HasField("dynamic_batching") else None
-        queue_size = self.settings.max_queue_size
-        if db is not None and db.default_queue_policy.max_queue_size > 0:
-            queue_size = db.default_queue_policy.max_queue_size
         workers = sum(max(g.count, 1) for g in config.instance_group) or 1
         batcher = DynamicBatcher(
             prepared.runtime.run,
@@ -115,7 +113,7 @@ class VersionLoader:
             batching=db is not None,
             max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
             preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
-            max_queue_size=queue_size,
+            queue=prepared.queue,
             max_queue_bytes=self.settings.max_queue_bytes,
             workers=max(workers, self.settings.inference_threads),
             executor=self.executor,
@@ -125,17 +123,3 @@ class VersionLoader:
         return LoadedVersion(name, version, version_str, config, prepared.runtime,
                              prepared.signature, batcher, recorder, prepared.output_index,
                              fingerprint)  # fmt: skip
-
-
-def _warm_up(runtime: Runtime, inputs: list[TensorSpec], batching: bool) -> None:
-    """One row of zeros through the graph, so the first request does not pay
-    for lazy initialisation; a model that cannot run fails here."""
-    feeds = {}
-    for spec in inputs:
-        dims = [1 if d == -1 else d for d in spec.dims]
-        shape = [1, *dims] if batching else dims
-        feeds[spec.name] = np.zeros(shape, dtype=DTYPE_BY_DATATYPE[spec.datatype])
-    try:
-        runtime.run(feeds)
-    except ServingError as exc:
-        raise ModelLoadError(f"warm-up inference failed: {exc.message}") from exc
