@@ -96,6 +96,8 @@ class _ModelCounters:
     batch: _Histogram = field(default_factory=_Histogram)
     created: float = math.inf  # wall time its first series appeared
     inflight: float = 0.0
+    #: Queued requests by priority level (summed over versions).
+    queued: dict[str, float] = field(default_factory=dict)
     versions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -145,6 +147,9 @@ def _read(registry: CollectorRegistry, now: float) -> _Snapshot:
                     m.created = min(m.created, s.value)
             elif family.name == "dlserve_inflight_requests":
                 m.inflight += s.value
+            elif family.name == "dlserve_queue_depth":
+                level = s.labels.get("priority", "1")
+                m.queued[level] = m.queued.get(level, 0.0) + s.value
             elif family.name == "dlserve_model_ready":
                 m.versions[s.labels.get("version", "")] = {
                     "version": s.labels.get("version", ""),
@@ -235,6 +240,8 @@ class LiveStats:
                     "model": name,
                     "versions": [now.versions[v] for v in sorted(now.versions, key=_version_key)],
                     "inflight": now.inflight,
+                    "queued_by_priority": {
+                        p: now.queued[p] for p in sorted(now.queued, key=int)},
                     "requests_total": sum(now.codes.values()),
                     "errors_total": sum(v for c, v in now.codes.items() if c != "OK"),
                     "window_seconds": round(seconds, 3),

@@ -120,6 +120,7 @@ class VersionLoader:
             on_batch=recorder.batch,
             name=f"{name}:{version}",
         )
+        self.metrics.watch_queue(name, version_str, batcher.depths)
         return LoadedVersion(name, version, version_str, config, prepared.runtime,
                              prepared.signature, batcher, recorder, prepared.output_index,
                              fingerprint)  # fmt: skip

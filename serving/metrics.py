@@ -8,10 +8,12 @@ path only calls ``observe``/``inc`` on prepared objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import Histogram as _Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from serving.lockless import LocklessHistogram
 
@@ -38,6 +40,28 @@ class VersionMetrics:
     batch_size: Observer
     inflight: Gauge
     ok: Counter
+
+
+class QueueDepths(Collector):
+    """``dlserve_queue_depth``: each version's queued requests per priority
+    level, read from its batcher at scrape time (nothing on the request
+    path). In-process only: ``--workers`` processes do not report it."""
+
+    def __init__(self) -> None:
+        #: (model, version) -> the batcher's ``depths``, level 1 first.
+        self.sources: dict[tuple[str, str], Callable[[], list[int]]] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "dlserve_queue_depth",
+            "Requests waiting in the model's queue, by priority level (1 the highest; "
+            "a model without priority levels has only level 1).",
+            labels=["model", "version", "priority"],
+        )  # fmt: skip
+        for (model, version), depths in list(self.sources.items()):
+            for level, depth in enumerate(depths(), start=1):
+                family.add_metric([model, version, str(level)], float(depth))
+        yield family
 
 
 class Metrics:
@@ -92,6 +116,8 @@ class Metrics:
             ["model", "version", "provider"], registry=r,
             multiprocess_mode="livemin",  # --workers N: ready only if every worker is
         )  # fmt: skip
+        self.queue_depths = QueueDepths()
+        r.register(self.queue_depths)
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(
@@ -111,10 +137,15 @@ class Metrics:
         # Readiness is state, not traffic: recorded even with metrics disabled.
         self.model_ready.labels(model, version, provider).set(1.0 if ready else 0.0)
 
+    def watch_queue(self, model: str, version: str, depths: Callable[[], list[int]]) -> None:
+        """Report a version's queue depth per priority level from ``depths``."""
+        self.queue_depths.sources[(model, version)] = depths
+
     def forget_version(self, model: str, version: str) -> None:
         """Drop every series of a version that was retired (unloaded, replaced
         under the version policy, or gone from the repository), so the
         registry holds the versions that exist, not every one ever loaded."""
+        self.queue_depths.sources.pop((model, version), None)
         for labels in list(self._ready_labels()):
             if labels[0] == model and labels[1] == version:
                 self.model_ready.remove(*labels)

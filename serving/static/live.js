@@ -70,6 +70,19 @@ function numCell(field, value, text, unit) {
   return td;
 }
 
+function queuedCell(m) {
+  // In flight, and below it what waits in the queue per priority level.
+  const td = numCell("inflight", m.inflight, String(m.inflight));
+  const levels = Object.entries(m.queued_by_priority || {});
+  if (levels.length > 0) {
+    const text = levels.length === 1
+      ? `queued ${levels[0][1]}`
+      : "queued " + levels.map(([p, n]) => `P${p} ${n}`).join(" · ");
+    td.append(el("span", { class: "codes" }, text));
+  }
+  return td;
+}
+
 function renderTable(models) {
   const body = document.querySelector("#models tbody");
   const rows = models.map((m) => {
@@ -98,7 +111,7 @@ function renderTable(models) {
       numCell("compute_p50_ms", m.compute_p50_ms, fmtMs(m.compute_p50_ms)),
       errors,
       numCell("mean_batch", m.mean_batch, m.mean_batch === null ? "–" : m.mean_batch.toFixed(1)),
-      numCell("inflight", m.inflight, String(m.inflight)));
+      queuedCell(m));
   });
   body.replaceChildren(...rows);
   document.getElementById("empty").hidden = models.length > 0;

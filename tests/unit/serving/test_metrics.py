@@ -28,6 +28,8 @@ CONTRACT = {
     "dlserve_requests": ("counter", {"model", "version", "code"}),
     "dlserve_inflight_requests": ("gauge", {"model"}),
     "dlserve_model_ready": ("gauge", {"model", "version", "provider"}),
+    # The project's own, beyond the contract's table (issue 13).
+    "dlserve_queue_depth": ("gauge", {"model", "version", "priority"}),
 }
 
 
@@ -58,6 +60,7 @@ def test_families_names_types_and_labels_are_the_contracts(metrics: Metrics) -> 
     version.ok.inc()
     metrics.count("mlp", "1", "INVALID_ARGUMENT")
     metrics.set_ready("mlp", "1", "CPUExecutionProvider", True)
+    metrics.watch_queue("mlp", "1", lambda: [2, 0])
 
     families = exposition(metrics)
     # prometheus_client adds a `<family>_created` gauge (creation time) per
@@ -289,3 +292,15 @@ def test_http_serves_metrics_live_page_and_stats(metrics: Metrics, http: str) ->
 def test_http_answers_404_outside_the_static_files(http: str, path: str) -> None:
     status, _, _ = get(http + path)
     assert status == 404
+
+
+def test_queue_depth_is_read_per_priority_level_at_scrape_time_and_forgotten() -> None:
+    metrics = Metrics()
+    depths = [3, 0, 1]
+    metrics.watch_queue("mlp", "2", lambda: list(depths))
+    assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="1") == 3
+    depths[0] = 0
+    assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="1") == 0
+    assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="3") == 1
+    metrics.forget_version("mlp", "2")
+    assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="3") is None
