@@ -153,8 +153,11 @@ def _random(dims: tuple[int, ...], dtype: np.dtype[Any] | None,
 def _from_file(file_name: str, dims: tuple[int, ...], datatype: str, what: str,
                folder: Path) -> np.ndarray:  # fmt: skip
     safe = repository.safe_file_name(file_name, f"{what} input_data_file")
-    data = read_regular_file(folder / WARMUP_FOLDER / safe, f"{WARMUP_FOLDER}/{safe}",
-                             MAX_WARMUP_FILE_BYTES)  # fmt: skip
+    try:
+        data = read_regular_file(folder / WARMUP_FOLDER / safe, f"{WARMUP_FOLDER}/{safe}",
+                                 MAX_WARMUP_FILE_BYTES)  # fmt: skip
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{what}: {exc.message}") from exc
     count = int(np.prod(dims))
     if datatype == "BYTES":
         items, offset = [], 0
