@@ -30,10 +30,9 @@ more than such a model's whole compute, so batches whose running average
 compute time is under ``inline_below`` seconds run on the event loop thread.
 When such a model's batcher is idle (nothing queued or running, no queue
 delay), a request runs at once in its caller's turn of the loop: no worker
-wake-up, which is most of the batcher's cost at low load.
-
-Requests wait in a ``queues.PriorityQueue`` (Triton's priority levels and
-queue policies). The clock is injectable, so tests drive time by hand.
+wake-up, which is most of the batcher's cost at low load. Requests wait in
+a ``queues.PriorityQueue`` (Triton's priority levels and queue policies).
+The clock is injectable, so tests drive time by hand.
 """
 
 from __future__ import annotations
@@ -79,13 +78,15 @@ class DynamicBatcher:
         clock: Clock | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         inline_below: float = 100e-6,
+        compute_estimate: float = float("inf"),
         name: str = "",
     ) -> None:
         """``run`` executes one batch (in ``executor``'s threads, or inline on
         the event loop when it is None) and returns every output with the
         batch's rows first. ``on_batch(rows, compute_seconds)`` is called per
         executed batch. ``queue``: priority levels and policies (default: one
-        level of ``max_queue_size``)."""
+        level of ``max_queue_size``). ``compute_estimate``: a batch's CPU seconds
+        as measured at warm-up (inf: unknown), the first guess of where it runs."""
         self._run = run
         self._max_rows = max(1, max_batch_size)
         self._batching = batching and max_batch_size > 0
@@ -98,8 +99,7 @@ class DynamicBatcher:
         self._clock: Clock = clock or MonotonicClock()
         self._on_batch = on_batch
         self._inline_below = inline_below
-        #: running average of a batch's compute seconds (inf until measured)
-        self._compute_avg = float("inf")
+        self._compute_avg = compute_estimate  # a batch's CPU seconds, running average
         self._name = name
         self._queue = PriorityQueue(queue or QueueSetup(limit=max_queue_size))
         self._queued_rows = 0

@@ -49,6 +49,8 @@ class Prepared:
     signature: ModelSignature
     output_index: dict[str, int]
     queue: QueueSetup
+    #: CPU seconds of the last warm-up run.
+    compute_estimate: float
 
 
 class VersionLoader:
@@ -95,8 +97,8 @@ class VersionLoader:
         index = {o.name: graph_index[o.name] for o in config.output}
         db = config.dynamic_batching if config.HasField("dynamic_batching") else None
         queue = setup_of(db, self.settings.max_queue_size)
-        warm_up(runtime, config, inputs, source.path, label)
-        return Prepared(runtime, config, signature, index, queue)
+        estimate = warm_up(runtime, config, inputs, source.path, label)
+        return Prepared(runtime, config, signature, index, queue, estimate)
 
     def activate(
         self, name: str, version: int, prepared: Prepared, fingerprint: object
@@ -114,6 +116,7 @@ class VersionLoader:
             max_queue_delay=(db.max_queue_delay_microseconds / 1e6) if db is not None else 0.0,
             preferred_batch_sizes=list(db.preferred_batch_size) if db is not None else (),
             queue=prepared.queue,
+            compute_estimate=prepared.compute_estimate,
             max_queue_bytes=self.settings.max_queue_bytes,
             workers=max(workers, self.settings.inference_threads),
             executor=self.executor,
