@@ -5,11 +5,19 @@ level) and checks the order they complete in and each policy's answer."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
 from devtools.onnx_models import config_text, slow_mlp, write_model
 from devtools.serverproc import ServerProcess, wait_for
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.integration.helpers import request, rpc_error
 from tests.integration.queue_helpers import Requests, infer, queue_depths
 
 POLICIES = {
@@ -100,3 +108,26 @@ def test_a_delayed_timeout_runs_after_the_others(server: ServerProcess, protocol
     requests.join()
     assert requests.errors == {}  # a delayed request still runs
     assert requests.done == ["blocker", "untimed", "timed"]
+
+
+def test_a_priority_that_is_not_a_whole_number_is_a_clear_bad_request(
+    server: ServerProcess,
+) -> None:
+    message = request("prio", np.zeros((1, 2), np.float32))
+    message.parameters["priority"].string_param = "high"
+    with grpc.insecure_channel(server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "parameter 'priority'", "whole number"):
+            stub.ModelInfer(message, timeout=30)
+    body = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [0, 0]}],
+        "parameters": {"priority": -1},
+    }
+    req = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/prio/infer", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(req, timeout=30)
+    assert bad.value.code == 400
+    assert "parameter 'priority'" in json.loads(bad.value.read())["error"]
