@@ -169,8 +169,8 @@ class PriorityQueue:
         if limit and len(entry) >= limit:
             where = f" at priority level {level + 1}" if len(self._levels) > 1 else ""
             raise QueueFull(
-                f"model '{name}' has {len(entry)} requests queued{where}, its "
-                "max_queue_size; retry later or add replicas"
+                f"model '{name}' has {len(entry)} requests queued{where}, its limit "
+                "(max_queue_size); retry later or add replicas"
             )
         if self._limit and self._size >= self._limit:
             raise QueueFull(
