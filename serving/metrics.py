@@ -138,8 +138,10 @@ class Metrics:
         self.model_ready.labels(model, version, provider).set(1.0 if ready else 0.0)
 
     def watch_queue(self, model: str, version: str, depths: Callable[[], list[int]]) -> None:
-        """Report a version's queue depth per priority level from ``depths``."""
-        self.queue_depths.sources[(model, version)] = depths
+        """Report a version's queue depth per priority level from ``depths``
+        (not with metrics disabled: it describes traffic)."""
+        if self.enabled:
+            self.queue_depths.sources[(model, version)] = depths
 
     def forget_version(self, model: str, version: str) -> None:
         """Drop every series of a version that was retired (unloaded, replaced
