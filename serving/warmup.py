@@ -78,7 +78,9 @@ def _run(runtime: Runtime, name: str, feeds: dict[str, np.ndarray], count: int) 
         try:
             runtime.run(feeds)
         except ServingError as exc:
-            raise ModelLoadError(f"warm-up sample {name!r} failed: {exc.message}") from exc
+            raise ModelLoadError(
+                f"warm-up inference failed (sample {name!r}): {exc.message}"
+            ) from exc
         cpu = time.thread_time() - start
     return cpu
 

@@ -14,6 +14,7 @@ import pytest
 
 from devtools.onnx_models import config_text
 from serving.app import App
+from serving.errors import InferenceFailed
 from serving.runtime import TensorInfo
 from serving.settings import ServingSettings
 
@@ -24,6 +25,8 @@ class Recorder:
     def __init__(self) -> None:
         self.runs: list[tuple[dict[str, np.ndarray], bool]] = []
         self.app: App | None = None
+        #: Runs of this many rows fail as onnxruntime would.
+        self.fail_rows: int | None = None
 
     def __call__(self, path: Path, settings: ServingSettings, label: str) -> object:
         recorder = self
@@ -41,12 +44,16 @@ class Recorder:
                 assert recorder.app is not None
                 ready = recorder.app.service.model_ready("m")
                 recorder.runs.append(({k: v.copy() for k, v in feeds.items()}, ready))
+                if feeds["input"].shape[0] == recorder.fail_rows:
+                    raise InferenceFailed("onnxruntime failed: out of memory")
                 return [feeds["input"], feeds["input"]]
 
         return Runtime()
 
 
-def start(tmp_path: Path, warmup: str, files: dict[str, bytes] | None = None) -> Recorder:
+def start(
+    tmp_path: Path, warmup: str, files: dict[str, bytes] | None = None, fail_rows: int | None = None
+) -> Recorder:
     folder = tmp_path / "models" / "m"
     (folder / "1").mkdir(parents=True)
     (folder / "1" / "model.onnx").write_text("fake")
@@ -55,6 +62,7 @@ def start(tmp_path: Path, warmup: str, files: dict[str, bytes] | None = None) ->
         (folder / "warmup").mkdir(exist_ok=True)
         (folder / "warmup" / name).write_bytes(data)
     recorder = Recorder()
+    recorder.fail_rows = fail_rows
     settings = ServingSettings(
         model_repository=tmp_path / "models", inference_threads=1, grpc_port=0
     )  # type: ignore[call-arg]
@@ -140,3 +148,14 @@ def test_a_sample_that_does_not_fit_fails_the_load_with_the_reason(
     assert row.state == "UNAVAILABLE"
     assert "model_warmup 's'" in row.reason and fragment in row.reason, row.reason
     assert recorder.runs == []  # nothing ran
+
+
+def test_a_sample_whose_run_fails_fails_the_load_with_the_runtime_reason(tmp_path: Path) -> None:
+    recorder = start(tmp_path, sample("data_type: TYPE_FP32 dims: [ 2 ] zero_data: true", 3),
+                     fail_rows=3)  # fmt: skip
+    assert not recorder.ready  # type: ignore[attr-defined]
+    (row,) = recorder.index  # type: ignore[attr-defined]
+    assert row.state == "UNAVAILABLE"
+    assert row.reason == (
+        "warm-up inference failed (sample 's'): onnxruntime failed: out of memory"
+    ), row.reason
