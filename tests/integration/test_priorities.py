@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from devtools.onnx_models import config_text, slow_mlp, write_model
 from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
-from tests.integration.helpers import request, rpc_error
+from tests.integration.helpers import inflight, request, rpc_error
 from tests.integration.queue_helpers import Requests, infer, queue_depths
 
 POLICIES = {
@@ -47,6 +47,14 @@ def queued(server: ServerProcess, model: str, want: dict[int, float]) -> None:
     )
 
 
+def running_alone(server: ServerProcess, model: str) -> None:
+    """The blocker has arrived (one request in flight) and runs (none queued)."""
+    assert wait_for(
+        lambda: inflight(server, model) == 1 and sum(queue_depths(server, model).values()) == 0,
+        timeout=30, interval=0.01,
+    )  # fmt: skip
+
+
 def status_of(protocol: str, exc: InferenceServerException) -> str:
     return str(exc.status())
 
@@ -60,7 +68,7 @@ def test_a_higher_priority_overtakes_and_a_full_level_answers_unavailable(
 ) -> None:
     requests = Requests(server, protocol, "prio")
     requests.send("blocker")
-    queued(server, "prio", {1: 0, 2: 0})  # running, nothing waits
+    running_alone(server, "prio")
     requests.send("low1", priority=2)
     queued(server, "prio", {1: 0, 2: 1})
     requests.send("low2")  # priority 0: the default level, 2
@@ -82,7 +90,7 @@ def test_a_rejected_timeout_answers_unavailable_and_others_run(
 ) -> None:
     requests = Requests(server, protocol, "reject")
     requests.send("blocker")
-    queued(server, "reject", {1: 0})
+    running_alone(server, "reject")
     requests.send("timed", timeout=1000)  # 1 ms: it expires behind the blocker
     queued(server, "reject", {1: 1})
     requests.send("untimed")
@@ -100,7 +108,7 @@ def test_a_rejected_timeout_answers_unavailable_and_others_run(
 def test_a_delayed_timeout_runs_after_the_others(server: ServerProcess, protocol: str) -> None:
     requests = Requests(server, protocol, "delay")
     requests.send("blocker")
-    queued(server, "delay", {1: 0})
+    running_alone(server, "delay")
     requests.send("timed", timeout=1000)  # 1 ms: it expires and goes to the back
     queued(server, "delay", {1: 1})
     requests.send("untimed")
