@@ -304,3 +304,12 @@ def test_queue_depth_is_read_per_priority_level_at_scrape_time_and_forgotten() -
     assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="3") == 1
     metrics.forget_version("mlp", "2")
     assert sample(metrics, "dlserve_queue_depth", model="mlp", version="2", priority="3") is None
+
+
+def test_the_live_page_shows_queue_depth_per_priority_level() -> None:
+    metrics = Metrics()
+    metrics.set_ready("mlp", "1", "CPUExecutionProvider", True)
+    metrics.watch_queue("mlp", "1", lambda: [2, 0, 5])
+    (row,) = LiveStats(metrics.registry).stats()["models"]
+    assert row["model"] == "mlp"
+    assert row["queued_by_priority"] == {"1": 2.0, "2": 0.0, "3": 5.0}
