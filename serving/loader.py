@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from serving import repository
+from serving import ensemble, repository
 from serving._generated import model_config_pb2 as mc
 from serving.batcher import DynamicBatcher
 from serving.datatypes import DTYPE_BY_DATATYPE
@@ -27,7 +27,7 @@ from serving.recorder import VersionRecorder
 from serving.runtime import OnnxRuntime, Runtime
 from serving.settings import ServingSettings
 from serving.validation import ModelSignature, OutputSpec, TensorSpec
-from serving.versions import LoadedVersion
+from serving.versions import LoadedVersion, ReadyTable
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class Prepared:
     config: mc.ModelConfig
     signature: ModelSignature
     output_index: dict[str, int]
+    #: An ensemble's checked steps (None: a model with a session of its own).
+    plan: ensemble.Plan | None = None
 
 
 class VersionLoader:
@@ -64,9 +66,16 @@ class VersionLoader:
         self.metrics = metrics
         self.executor = executor
         self.runtime_factory = runtime_factory
+        #: What serves now, for ensembles' steps (set by the manager).
+        self.steps: ReadyTable | None = None
 
     def prepare(self, source: repository.ModelSource, path: Path, label: str) -> Prepared:
         """The slow part of a load; blocking, for a worker thread."""
+        if ensemble.is_ensemble(source.config):
+            config, plan = ensemble.complete(source)
+            index = {o.name: i for i, o in enumerate(config.output)}
+            return Prepared(ensemble.EnsembleRuntime(), config, _signature(source, config),
+                            index, plan)  # fmt: skip
         runtime = self.runtime_factory(path, self.settings, label)
         config = repository.complete_config(
             source, runtime.inputs, runtime.outputs, runtime.defaults
@@ -76,25 +85,10 @@ class VersionLoader:
             mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip
         for group in config.instance_group:
             group.kind = kind
-        inputs = [
-            TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
-            for i in config.input
-        ]
-        outputs = []
-        for o in config.output:
-            labels = (
-                tuple(repository.read_labels(source, o.label_filename))
-                if o.label_filename else None
-            )  # fmt: skip
-            outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
-                                      tuple(o.dims), labels))  # fmt: skip
-        graph_inputs = frozenset(info.name for info in runtime.inputs)
-        signature = ModelSignature(
-            source.name, config.max_batch_size, inputs, outputs, graph_inputs=graph_inputs
-        )
+        signature = _signature(source, config, frozenset(info.name for info in runtime.inputs))
         graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
         index = {o.name: graph_index[o.name] for o in config.output}
-        _warm_up(runtime, inputs, config.max_batch_size > 0)
+        _warm_up(runtime, list(signature.inputs.values()), config.max_batch_size > 0)
         return Prepared(runtime, config, signature, index)
 
     def activate(
@@ -104,6 +98,11 @@ class VersionLoader:
         config = prepared.config
         version_str = str(version)
         recorder = VersionRecorder(self.metrics, name, version_str)
+        if prepared.plan is not None:
+            assert self.steps is not None, "the manager binds the table before any load"
+            return ensemble.activate(name, version, prepared.plan, prepared.runtime, config,
+                                     prepared.signature, recorder, prepared.output_index,
+                                     fingerprint, self.steps)  # fmt: skip
         db = config.dynamic_batching if config.HasField("dynamic_batching") else None
         queue_size = self.settings.max_queue_size
         if db is not None and db.default_queue_policy.max_queue_size > 0:
@@ -125,6 +124,29 @@ class VersionLoader:
         return LoadedVersion(name, version, version_str, config, prepared.runtime,
                              prepared.signature, batcher, recorder, prepared.output_index,
                              fingerprint)  # fmt: skip
+
+
+def _signature(
+    source: repository.ModelSource,
+    config: mc.ModelConfig,
+    graph_inputs: frozenset[str] | None = None,
+) -> ModelSignature:
+    """What validation needs of a completed config (labels read from the folder)."""
+    inputs = [
+        TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
+        for i in config.input
+    ]
+    outputs = []
+    for o in config.output:
+        labels = (
+            tuple(repository.read_labels(source, o.label_filename))
+            if o.label_filename else None
+        )  # fmt: skip
+        outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
+                                  tuple(o.dims), labels))  # fmt: skip
+    return ModelSignature(
+        source.name, config.max_batch_size, inputs, outputs, graph_inputs=graph_inputs
+    )
 
 
 def _warm_up(runtime: Runtime, inputs: list[TensorSpec], batching: bool) -> None:
