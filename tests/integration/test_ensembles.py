@@ -1,0 +1,141 @@
+"""Ensembles (issue 13 item 5) end to end: a real server on a Triton-layout
+folder (tests/integration/helpers_ensembles.py), real tritonclient gRPC
+(unary and stream) and HTTP clients; answers equal to running the step
+graphs in onnxruntime; broken ensembles not ready with their reason; an
+ensemble's readiness follows its step models (explicit model control)."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.http as triton_http
+
+from devtools.serverproc import ServerProcess
+from tests.integration.helpers import infer_input, rows, rpc_error
+from tests.integration.helpers_ensembles import (
+    BROKEN,
+    LABELS,
+    build_ensemble_repo,
+    diamond_reference,
+    pipeline_reference,
+)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_ensemble_repo(tmp_path_factory.mktemp("ensembles"))
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
+    with ServerProcess(repo, "--model-control-mode", "explicit", "--load-model", "*") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(server.url)
+    yield c
+    c.close()
+
+
+def test_pipeline_over_grpc_equals_the_two_sessions_in_sequence(
+    client: triton.InferenceServerClient, repo: Path
+) -> None:
+    x = rows(7, seed=1)
+    answer = client.infer("pipeline", [infer_input(x)])
+    want = pipeline_reference(repo, x)
+    for name in ("logits", "probabilities"):
+        np.testing.assert_allclose(answer.as_numpy(name), want[name], rtol=1e-5, atol=1e-6)
+    # the standardiser matters: the classifier alone answers otherwise
+    alone = client.infer("classifier", [infer_input(x)]).as_numpy("logits")
+    assert not np.allclose(alone, want["logits"])
+
+
+def test_pipeline_over_http_with_classification(server: ServerProcess, repo: Path) -> None:
+    c = triton_http.InferenceServerClient(server.http_url)
+    x = rows(4, seed=2)
+    tensor = triton_http.InferInput("input", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    wanted = [triton_http.InferRequestedOutput("probabilities", class_count=1)]
+    answer = c.infer("pipeline", [tensor], outputs=wanted).as_numpy("probabilities")
+    probabilities = pipeline_reference(repo, x)["probabilities"]
+    top = [LABELS[i] for i in probabilities.argmax(axis=1)]
+    assert [s.decode().split(":")[2] for s in answer.reshape(-1)] == top
+    c.close()
+
+
+def test_dag_with_parallel_steps_over_the_stream(server: ServerProcess, repo: Path) -> None:
+    results: queue.Queue[object] = queue.Queue()
+    c = triton.InferenceServerClient(server.url)
+    c.start_stream(callback=lambda result, error: results.put(error or result))
+    inputs = [rows(3, seed=s) for s in range(5)]
+    for i, x in enumerate(inputs):
+        c.async_stream_infer("diamond", [infer_input(x)], request_id=str(i))
+    answers = {}
+    for _ in inputs:
+        result = results.get(timeout=30)
+        assert isinstance(result, triton.InferResult), result
+        answers[int(result.get_response().id)] = result
+    c.stop_stream()
+    c.close()
+    for i, x in enumerate(inputs):
+        want = diamond_reference(repo, x)
+        for name, array in want.items():
+            np.testing.assert_allclose(answers[i].as_numpy(name), array, rtol=1e-5, atol=1e-6)
+
+
+def test_metadata_config_and_statistics(client: triton.InferenceServerClient) -> None:
+    metadata = client.get_model_metadata("pipeline")
+    assert metadata.platform == "ensemble"
+    assert [(i.name, list(i.shape)) for i in metadata.inputs] == [("input", [-1, 2])]
+    config = client.get_model_config("pipeline").config
+    assert [s.model_name for s in config.ensemble_scheduling.step] == ["standardiser", "classifier"]
+    before = client.get_inference_statistics("standardiser").model_stats[0].inference_stats
+    ens_before = client.get_inference_statistics("pipeline").model_stats[0].inference_stats
+    client.infer("pipeline", [infer_input(rows(2))])
+    after = client.get_inference_statistics("standardiser").model_stats[0].inference_stats
+    ens_after = client.get_inference_statistics("pipeline").model_stats[0].inference_stats
+    assert after.success.count == before.success.count + 1  # the step counts in its model
+    assert ens_after.success.count == ens_before.success.count + 1
+
+
+def test_bad_request_to_an_ensemble_is_invalid_argument(
+    client: triton.InferenceServerClient,
+) -> None:
+    with rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "expected [-1, 2]"):
+        client.infer("pipeline", [infer_input(rows(2, features=3))])
+    assert client.is_model_ready("pipeline")
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_broken_ensemble_is_not_ready_with_its_reason(
+    client: triton.InferenceServerClient, name: str
+) -> None:
+    assert not client.is_model_ready(name)
+    index = {m.name: m for m in client.get_model_repository_index().models}
+    assert index[name].state == "UNAVAILABLE"
+    assert BROKEN[name] in index[name].reason
+    with rpc_error(grpc.StatusCode.UNAVAILABLE, BROKEN[name]):
+        client.infer(name, [infer_input(rows(1))])
+    assert client.is_model_ready("pipeline")  # the others serve
+
+
+def test_readiness_follows_the_step_models(client: triton.InferenceServerClient) -> None:
+    client.unload_model("standardiser")
+    try:
+        assert not client.is_model_ready("pipeline")
+        assert not client.is_model_ready("diamond")
+        with rpc_error(grpc.StatusCode.UNAVAILABLE, "step model 'standardiser' is not ready"):
+            client.infer("pipeline", [infer_input(rows(1))])
+        assert client.is_model_ready("classifier")
+    finally:
+        client.load_model("standardiser")
+    assert client.is_model_ready("pipeline")
+    client.infer("pipeline", [infer_input(rows(1))])
