@@ -115,19 +115,20 @@ def write_pipeline(
     classes: int,
     labels: Sequence[str] = (),
     max_batch_size: int = 16,
+    standardiser_name: str = "standardiser",
 ) -> Path:
-    """A ``standardiser`` model and ensemble ``name``: raw ``input`` ->
+    """A standardiser model (``standardiser_name``) and ensemble ``name``: raw ``input`` ->
     standardiser -> ``classifier`` (whose input is ``input``) -> ``logits``
     and ``probabilities``. The classifier must already be in ``repo``."""
     features = len(mean)
-    folder = repo / "standardiser"
+    folder = repo / standardiser_name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     onnx.save(standardiser(mean, std), str(folder / "1" / "model.onnx"))
     (folder / "config.pbtxt").write_text(
-        standardiser_config("standardiser", features, max_batch_size)
+        standardiser_config(standardiser_name, features, max_batch_size)
     )
     steps = [
-        step_text("standardiser", {"raw": "input"}, {"standardised": "scaled"}),
+        step_text(standardiser_name, {"raw": "input"}, {"standardised": "scaled"}),
         step_text(
             classifier,
             {"input": "scaled"},

@@ -7,6 +7,9 @@ ensemble's readiness follows its step models (explicit model control)."""
 from __future__ import annotations
 
 import queue
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +20,7 @@ import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 
 from devtools.serverproc import ServerProcess
-from tests.integration.helpers import infer_input, rows, rpc_error
+from tests.integration.helpers import DEFAULT_MODELS, infer_input, reference, rows, rpc_error
 from tests.integration.helpers_ensembles import (
     BROKEN,
     LABELS,
@@ -139,3 +142,25 @@ def test_readiness_follows_the_step_models(client: triton.InferenceServerClient)
         client.load_model("standardiser")
     assert client.is_model_ready("pipeline")
     client.infer("pipeline", [infer_input(rows(1))])
+
+
+def test_the_example_script_builds_a_serving_pipeline(tmp_path: Path) -> None:
+    """scripts/make_ensemble_example.py next to the committed mlp-circle: the
+    pipeline answers what mlp-circle answers on the standardised points."""
+    shutil.copytree(DEFAULT_MODELS / "mlp-circle", tmp_path / "mlp-circle")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_ensemble_example.py"
+    subprocess.run(
+        [sys.executable, str(script), "--repository", str(tmp_path), "--classifier",
+         "mlp-circle", "--mean", "1,-1", "--std", "0.5,2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    x = rows(6, seed=3)
+    with ServerProcess(tmp_path) as proc:
+        c = triton.InferenceServerClient(proc.url)
+        got = c.infer("mlp-circle-pipeline", [infer_input(x)]).as_numpy("probabilities")
+        scaled = (x - np.array([1, -1], np.float32)) / np.array([0.5, 2], np.float32)
+        direct = c.infer("mlp-circle", [infer_input(scaled)]).as_numpy("probabilities")
+        c.close()
+    want = reference(tmp_path / "mlp-circle" / "1" / "model.onnx", scaled)["probabilities"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(direct, want, rtol=1e-5, atol=1e-6)
