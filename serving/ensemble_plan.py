@@ -91,9 +91,6 @@ def plan(config: mc.ModelConfig) -> Plan:
     datatype_of = repository.datatype_of
     name = config.name
     what = f"ensemble '{name}'"
-    if config.HasField("dynamic_batching") or config.HasField("sequence_batching"):
-        raise ModelLoadError(f"{what}: an ensemble has no batcher of its own; "
-                             "remove dynamic_batching (each step model batches)")  # fmt: skip
     if not config.input or not config.output:
         raise ModelLoadError(f"{what}: config.pbtxt must list the ensemble's input and output")
     inputs = {t.name: datatype_of(t.data_type) for t in config.input}

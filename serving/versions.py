@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from serving.validation import ModelSignature
 
 if TYPE_CHECKING:
     from serving.recorder import VersionRecorder
+
+logger = logging.getLogger(__name__)
 
 #: Longest model name accepted from a request; longer ones are unknown.
 MAX_NAME_LENGTH = 256
@@ -162,6 +165,7 @@ class ReadyTable:
         ready: dict[tuple[str, str], LoadedVersion] = {}
         if not self.draining:
             statuses = [s for e in self._models.values() for s in e.versions.values()]
+            before = {id(s): s.blocked for s in statuses}
             for status in statuses:
                 status.blocked = ""
             changed = True
@@ -174,6 +178,13 @@ class ReadyTable:
                     if status.serving and loaded is not None and loaded.blocker is not None:
                         status.blocked = loaded.blocker(look)
                         changed = changed or bool(status.blocked)
+            for status in statuses:
+                if status.blocked != before[id(status)] and status.loaded is not None:
+                    label = f"{status.loaded.model}:{status.version}"
+                    if status.blocked:
+                        logger.warning("model %s is not ready: %s", label, status.blocked)
+                    else:
+                        logger.info("model %s is ready: its steps serve", label)
         self._ready = ready
 
     def _collect(self) -> dict[tuple[str, str], LoadedVersion]:
