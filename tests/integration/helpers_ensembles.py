@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from devtools.ensembles import (
@@ -74,6 +75,11 @@ def _run(model_path: Path | bytes, feeds: dict[str, np.ndarray]) -> dict[str, np
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def reference_of(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every output of an ONNX model run on ``input`` in onnxruntime."""
+    return _run(model.SerializeToString(), {"input": x})
 
 
 def pipeline_reference(repo: Path, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +20,27 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 
-from devtools.serverproc import ServerProcess
-from tests.integration.helpers import DEFAULT_MODELS, infer_input, reference, rows, rpc_error
+from devtools.ensembles import ensemble_config, step_text, write_ensemble
+from devtools.onnx_models import mlp, slow_mlp, write_model
+from devtools.serverproc import ServerProcess, wait_for
+from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.integration.helpers import (
+    DEFAULT_MODELS,
+    infer_input,
+    inflight,
+    outputs,
+    reference,
+    request,
+    rows,
+    rpc_error,
+)
 from tests.integration.helpers_ensembles import (
     BROKEN,
     LABELS,
     build_ensemble_repo,
     diamond_reference,
     pipeline_reference,
+    reference_of,
 )
 
 
@@ -164,3 +178,35 @@ def test_the_example_script_builds_a_serving_pipeline(tmp_path: Path) -> None:
     want = reference(tmp_path / "mlp-circle" / "1" / "model.onnx", scaled)["probabilities"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(direct, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_answers_ensemble_requests_between_their_steps(tmp_path: Path) -> None:
+    """Both steps slow: at SIGTERM most requests still wait for step 1, so
+    their step 2 is queued while the server drains; every one is answered."""
+    write_model(
+        tmp_path, "first", model=slow_mlp(seed=21, matmuls=40, n=384), dynamic_batching=False
+    )
+    write_model(
+        tmp_path, "last", model=slow_mlp(seed=22, matmuls=40, n=384), dynamic_batching=False
+    )
+    steps = [
+        step_text("first", {"input": "input"}, {"logits": "mid"}),
+        step_text("last", {"input": "mid"}, {"probabilities": "probabilities"}),
+    ]
+    config = ensemble_config("chain", [("input", 2)], [("probabilities", 2)], steps)
+    write_ensemble(tmp_path, "chain", config)
+    x = rows(1, seed=4)
+    server = ServerProcess(tmp_path, "--exit-timeout-secs", "60", "--inference-threads", "1")
+    with server, grpc.insecure_channel(server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        futures = [stub.ModelInfer.future(request("chain", x), timeout=120) for _ in range(6)]
+        assert wait_for(lambda: inflight(server, "chain") >= 6, timeout=60)
+        code = server.stop(signal.SIGTERM, timeout=90)
+        log = server.log()
+        answers = [outputs(f.result())["probabilities"] for f in futures]
+    assert code == 0, log[-3000:]
+    mid = reference_of(mlp(seed=21), x)["logits"]
+    want = reference_of(mlp(seed=22), mid)["probabilities"]
+    for answer in answers:
+        np.testing.assert_allclose(answer, want, rtol=1e-5, atol=1e-6)
+    assert "Traceback" not in log, log[-5000:]
