@@ -85,6 +85,11 @@ def test_pipeline_over_http_with_classification(server: ServerProcess, repo: Pat
     probabilities = pipeline_reference(repo, x)["probabilities"]
     top = [LABELS[i] for i in probabilities.argmax(axis=1)]
     assert [s.decode().split(":")[2] for s in answer.reshape(-1)] == top
+    steps = c.get_model_config("pipeline")["ensemble_scheduling"]["step"]
+    assert [(s["model_name"], s["input_map"]) for s in steps] == [
+        ("standardiser", {"raw": "input"}), ("classifier", {"input": "scaled"})
+    ]  # fmt: skip
+    assert c.get_model_metadata("pipeline")["platform"] == "ensemble"
     c.close()
 
 
