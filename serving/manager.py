@@ -47,7 +47,7 @@ class ModelManager:
         self.loader = loader
         self.metrics = metrics
         self._models: dict[str, ModelEntry] = {}
-        self.table = ReadyTable(self._models)
+        self.table = ReadyTable(self._models, metrics.set_ready)
         loader.steps = self.table  # ensembles run their steps through it
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None

@@ -153,8 +153,15 @@ class ReadyTable:
     """(model, version string) -> the version that serves it; "" is the
     model's newest ready version. Rebuilt by the manager on every change."""
 
-    def __init__(self, models: Mapping[str, ModelEntry]) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelEntry],
+        set_ready: Callable[[str, str, str, bool], None] | None = None,
+    ) -> None:
+        """``set_ready(model, version, provider, ready)``: told when a version
+        with a blocker stops or starts serving (the model_ready gauge)."""
         self._models = models
+        self._set_ready = set_ready
         self._ready: dict[tuple[str, str], LoadedVersion] = {}
         #: Set by the manager's drain: every new request is refused.
         self.draining = False
@@ -180,7 +187,11 @@ class ReadyTable:
                         changed = changed or bool(status.blocked)
             for status in statuses:
                 if status.blocked != before[id(status)] and status.loaded is not None:
-                    label = f"{status.loaded.model}:{status.version}"
+                    loaded = status.loaded
+                    label = f"{loaded.model}:{status.version}"
+                    if self._set_ready is not None:
+                        self._set_ready(loaded.model, loaded.version_str,
+                                        loaded.runtime.provider, not status.blocked)  # fmt: skip
                     if status.blocked:
                         logger.warning("model %s is not ready: %s", label, status.blocked)
                     else:

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Iterator
 
@@ -149,10 +150,23 @@ def test_broken_ensemble_is_not_ready_with_its_reason(
     assert client.is_model_ready("pipeline")  # the others serve
 
 
-def test_readiness_follows_the_step_models(client: triton.InferenceServerClient) -> None:
+def model_ready_gauge(server: ServerProcess, model: str) -> str:
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10).read().decode()
+    return "".join(
+        line.rsplit(" ", 1)[1] for line in text.splitlines()
+        if line.startswith(f'dlserve_model_ready{{model="{model}"')
+    )  # fmt: skip
+
+
+def test_readiness_follows_the_step_models(
+    client: triton.InferenceServerClient, server: ServerProcess
+) -> None:
+    assert model_ready_gauge(server, "pipeline") == "1.0"
+    assert model_ready_gauge(server, "bad_map") == "0.0"
     client.unload_model("standardiser")
     try:
         assert not client.is_model_ready("pipeline")
+        assert model_ready_gauge(server, "pipeline") == "0.0"
         assert not client.is_model_ready("diamond")
         with rpc_error(grpc.StatusCode.UNAVAILABLE, "step model 'standardiser' is not ready"):
             client.infer("pipeline", [infer_input(rows(1))])
@@ -160,6 +174,7 @@ def test_readiness_follows_the_step_models(client: triton.InferenceServerClient)
     finally:
         client.load_model("standardiser")
     assert client.is_model_ready("pipeline")
+    assert model_ready_gauge(server, "pipeline") == "1.0"
     client.infer("pipeline", [infer_input(rows(1))])
 
 
