@@ -247,13 +247,17 @@ class EnsembleScheduler:
         return produced
 
 
-async def close_first(versions: Sequence[LoadedVersion], timeout: float | None) -> None:
+async def close_first(versions: Sequence[LoadedVersion], timeout: float | None) -> float | None:
     """Drain the ensembles among ``versions`` before the models they run, whose
-    batchers refuse new steps once closing (at most ``timeout`` seconds)."""
+    batchers refuse new steps once closing. Waits at most ``timeout`` seconds
+    and returns what is left of it, for the models' own drain."""
     closes = [
         asyncio.ensure_future(v.batcher.close(drain=True))
         for v in versions
         if isinstance(v.batcher, EnsembleScheduler)
     ]
-    if closes:
-        await asyncio.wait(closes, timeout=timeout)
+    if not closes:
+        return timeout
+    started = _now()
+    await asyncio.wait(closes, timeout=timeout)
+    return None if timeout is None else max(0.0, timeout - (_now() - started))

@@ -141,7 +141,7 @@ class ModelManager:
         ]  # fmt: skip
         # Requests take their version and queue in one step on the event
         # loop, so from here on the batchers only shrink.
-        await ensemble.close_first([s.loaded for s in serving if s.loaded], timeout)
+        timeout = await ensemble.close_first([s.loaded for s in serving if s.loaded], timeout)
         closing = {
             asyncio.ensure_future(status.loaded.batcher.close(drain=True)): status
             for status in serving
