@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from serving import repository
+from serving import ensemble, repository
 from serving._generated import model_config_pb2 as mc
 from serving.batcher import DynamicBatcher
 from serving.metrics import Metrics
@@ -24,7 +24,7 @@ from serving.recorder import VersionRecorder
 from serving.runtime import OnnxRuntime, Runtime
 from serving.settings import ServingSettings
 from serving.validation import ModelSignature, OutputSpec, TensorSpec
-from serving.versions import LoadedVersion
+from serving.versions import LoadedVersion, ReadyTable
 from serving.warmup import warm_up
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Prepared:
     queue: QueueSetup
     #: CPU seconds of the last warm-up run.
     compute_estimate: float
+    #: An ensemble's checked steps (None: a model with a session of its own).
+    plan: ensemble.Plan | None = None
 
 
 class VersionLoader:
@@ -65,9 +67,17 @@ class VersionLoader:
         self.metrics = metrics
         self.executor = executor
         self.runtime_factory = runtime_factory
+        #: What serves now, for ensembles' steps (set by the manager).
+        self.steps: ReadyTable | None = None
 
     def prepare(self, source: repository.ModelSource, path: Path, label: str) -> Prepared:
         """The slow part of a load; blocking, for a worker thread."""
+        if ensemble.is_ensemble(source.config):
+            config, plan = ensemble.complete(source)
+            index = {o.name: i for i, o in enumerate(config.output)}
+            queue = setup_of(None, self.settings.max_queue_size)
+            return Prepared(ensemble.EnsembleRuntime(), config, _signature(source, config),
+                            index, queue, 0.0, plan)  # fmt: skip
         runtime = self.runtime_factory(path, self.settings, label)
         config = repository.complete_config(
             source, runtime.inputs, runtime.outputs, runtime.defaults
@@ -77,26 +87,12 @@ class VersionLoader:
             mc.ModelInstanceGroup.KIND_CPU)  # fmt: skip
         for group in config.instance_group:
             group.kind = kind
-        inputs = [
-            TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
-            for i in config.input
-        ]
-        outputs = []
-        for o in config.output:
-            labels = (
-                tuple(repository.read_labels(source, o.label_filename))
-                if o.label_filename else None
-            )  # fmt: skip
-            outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
-                                      tuple(o.dims), labels))  # fmt: skip
-        graph_inputs = frozenset(info.name for info in runtime.inputs)
-        signature = ModelSignature(
-            source.name, config.max_batch_size, inputs, outputs, graph_inputs=graph_inputs
-        )
+        signature = _signature(source, config, frozenset(info.name for info in runtime.inputs))
         graph_index = {info.name: i for i, info in enumerate(runtime.outputs)}
         index = {o.name: graph_index[o.name] for o in config.output}
         db = config.dynamic_batching if config.HasField("dynamic_batching") else None
         queue = setup_of(db, self.settings.max_queue_size)
+        inputs = list(signature.inputs.values())
         estimate = warm_up(runtime, config, inputs, source.path, label)
         return Prepared(runtime, config, signature, index, queue, estimate)
 
@@ -107,6 +103,11 @@ class VersionLoader:
         config = prepared.config
         version_str = str(version)
         recorder = VersionRecorder(self.metrics, name, version_str)
+        if prepared.plan is not None:
+            assert self.steps is not None, "the manager binds the table before any load"
+            return ensemble.activate(name, version, prepared.plan, prepared.runtime, config,
+                                     prepared.signature, recorder, prepared.output_index,
+                                     fingerprint, self.steps)  # fmt: skip
         db = config.dynamic_batching if config.HasField("dynamic_batching") else None
         workers = sum(max(g.count, 1) for g in config.instance_group) or 1
         batcher = DynamicBatcher(
@@ -127,3 +128,26 @@ class VersionLoader:
         return LoadedVersion(name, version, version_str, config, prepared.runtime,
                              prepared.signature, batcher, recorder, prepared.output_index,
                              fingerprint)  # fmt: skip
+
+
+def _signature(
+    source: repository.ModelSource,
+    config: mc.ModelConfig,
+    graph_inputs: frozenset[str] | None = None,
+) -> ModelSignature:
+    """What validation needs of a completed config (labels read from the folder)."""
+    inputs = [
+        TensorSpec(i.name, repository.datatype_of(i.data_type), tuple(i.dims), i.optional)
+        for i in config.input
+    ]
+    outputs = []
+    for o in config.output:
+        labels = (
+            tuple(repository.read_labels(source, o.label_filename))
+            if o.label_filename else None
+        )  # fmt: skip
+        outputs.append(OutputSpec(o.name, repository.datatype_of(o.data_type),
+                                  tuple(o.dims), labels))  # fmt: skip
+    return ModelSignature(
+        source.name, config.max_batch_size, inputs, outputs, graph_inputs=graph_inputs
+    )

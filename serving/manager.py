@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Iterable
 
-from serving import repository
+from serving import ensemble, repository
 from serving.changes import ChangeTracker
 from serving.errors import FailedPrecondition, ModelLoadError, ModelNotFound, ServingError
 from serving.files import is_model_folder
@@ -47,7 +47,8 @@ class ModelManager:
         self.loader = loader
         self.metrics = metrics
         self._models: dict[str, ModelEntry] = {}
-        self.table = ReadyTable(self._models)
+        self.table = ReadyTable(self._models, metrics.set_ready)
+        loader.steps = self.table  # ensembles run their steps through it
         self._lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
         #: What changed on disk since the last look: stat first, digests only of changed files.
@@ -65,10 +66,10 @@ class ModelManager:
                     rows.append(IndexEntry(name, "", UNAVAILABLE.value, entry.reason))
                 continue
             for version, status in sorted(entry.versions.items()):
-                if ready_only and status.state is not READY:
+                if ready_only and not status.serving:
                     continue
-                rows.append(IndexEntry(name, str(version), status.state.value,
-                                       status.reason or entry.reason))  # fmt: skip
+                state, reason = status.row()  # an ensemble may wait on a step
+                rows.append(IndexEntry(name, str(version), state, reason or entry.reason))
         return rows
 
     def model_view(self, name: str) -> ModelEntry:
@@ -140,6 +141,7 @@ class ModelManager:
         ]  # fmt: skip
         # Requests take their version and queue in one step on the event
         # loop, so from here on the batchers only shrink.
+        timeout = await ensemble.close_first([s.loaded for s in serving if s.loaded], timeout)
         closing = {
             asyncio.ensure_future(status.loaded.batcher.close(drain=True)): status
             for status in serving

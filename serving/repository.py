@@ -3,6 +3,7 @@
     <root>/<model>/config.pbtxt        ModelConfig, protobuf text format (optional)
     <root>/<model>/labels.txt          class labels, named by an output's label_filename
     <root>/<model>/<version>/model.onnx    versions are positive integers
+    <root>/<ensemble>/<version>/           an ensemble's versions are (empty) folders
 
 ``scan`` lists what is on disk without loading anything; ``complete_config``
 checks a config against the ONNX graph, or builds it from the graph when the
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MODEL_FILE = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
+#: Triton's platform of a pipeline of other models (serving.ensemble).
+ENSEMBLE_PLATFORM = "ensemble"
 BACKEND = "onnxruntime"
 #: Triton's auto-complete default when the graph's first dimension is dynamic.
 AUTOCOMPLETE_MAX_BATCH_SIZE = 4
@@ -135,6 +138,7 @@ def scan_model(path: Path) -> ModelSource:
         except ModelLoadError as exc:
             source.config_error = exc.message
     file_name = source.model_file_name
+    ensemble = source.config is not None and source.config.platform == ENSEMBLE_PLATFORM
     try:
         entries = list(path.iterdir())
     except OSError as exc:
@@ -153,6 +157,8 @@ def scan_model(path: Path) -> ModelSource:
         model_file = entry / file_name
         if version > 0 and _is_regular(model_file):
             source.versions[version] = model_file
+        elif version > 0 and ensemble:  # Triton's ensemble versions are empty folders
+            source.versions[version] = entry
     return source
 
 

@@ -4,25 +4,33 @@
 ``ModelEntry``/``VersionStatus`` are the manager's book of every model and
 version it knows (states as ``VersionState``). ``ReadyTable`` is the one
 dict the request path reads, keyed by (model, version string), with the
-wording of every "not found" and "not ready" error.
+wording of every "not found" and "not ready" error. A version with a
+``blocker`` (an ensemble, ``serving.ensemble``) serves only while its
+blocker finds nothing wrong with the versions serving around it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Protocol
+
+import numpy as np
 
 from serving._generated import model_config_pb2 as mc
-from serving.batcher import DynamicBatcher
+from serving.batch_jobs import BatchResult
 from serving.errors import ModelNotFound, ModelNotReady, ShuttingDown
 from serving.runtime import Runtime
 from serving.validation import ModelSignature
 
 if TYPE_CHECKING:
     from serving.recorder import VersionRecorder
+
+logger = logging.getLogger(__name__)
 
 #: Longest model name accepted from a request; longer ones are unknown.
 MAX_NAME_LENGTH = 256
@@ -47,6 +55,29 @@ def parse_version(text: str) -> int | None:
     return None
 
 
+class Scheduler(Protocol):
+    """What the request path needs of a version's queue: a ``DynamicBatcher``,
+    or an ensemble's ``EnsembleScheduler``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def submit(
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None = None,
+        priority: int = 0,
+        timeout_us: int = 0,
+    ) -> asyncio.Future[BatchResult]: ...
+
+    async def close(self, drain: bool = True) -> None: ...
+
+
+#: (model, version string or "" for the newest) -> the version serving it, or None.
+Lookup = Callable[[str, str], "LoadedVersion | None"]
+
+
 @dataclass(eq=False)
 class LoadedVersion:
     """One model version that is serving, with everything the request path needs."""
@@ -57,12 +88,15 @@ class LoadedVersion:
     config: mc.ModelConfig
     runtime: Runtime
     signature: ModelSignature
-    batcher: DynamicBatcher
+    batcher: Scheduler
     #: Counts its requests in metrics and statistics (serving.recorder).
     recorder: VersionRecorder
     #: Output name -> index in the runtime's outputs.
     output_index: dict[str, int]
     fingerprint: object
+    #: Why it cannot serve beside the versions serving now ("" if it can);
+    #: None for a plain model, which needs no other.
+    blocker: Callable[[Lookup], str] | None = None
 
 
 @dataclass
@@ -75,6 +109,18 @@ class VersionStatus:
     #: The file state that last failed to load: not retried until it changes
     #: or the config does.
     failed_fingerprint: object = None
+    #: Loaded, but its blocker names a reason (set by ``ReadyTable.rebuild``).
+    blocked: str = ""
+
+    @property
+    def serving(self) -> bool:
+        return self.state is VersionState.READY and self.loaded is not None and not self.blocked
+
+    def row(self) -> tuple[str, str]:
+        """State and reason as RepositoryIndex shows them."""
+        if self.blocked and self.state is VersionState.READY:
+            return VersionState.UNAVAILABLE.value, self.blocked
+        return self.state.value, self.reason
 
 
 @dataclass
@@ -89,15 +135,11 @@ class ModelEntry:
     wanted: bool = True
 
     def ready_versions(self) -> list[LoadedVersion]:
-        return [
-            s.loaded
-            for _, s in sorted(self.versions.items())
-            if s.state is VersionState.READY and s.loaded is not None
-        ]
+        return [s.loaded for _, s in sorted(self.versions.items()) if s.serving and s.loaded]
 
     def why_not_ready(self) -> str:
         return self.reason or "; ".join(
-            f"version {v}: {s.reason or s.state.value.lower()}"
+            f"version {v}: {s.row()[1] or s.state.value.lower()}"
             for v, s in sorted(self.versions.items())
         )
 
@@ -116,8 +158,15 @@ class ReadyTable:
     """(model, version string) -> the version that serves it; "" is the
     model's newest ready version. Rebuilt by the manager on every change."""
 
-    def __init__(self, models: Mapping[str, ModelEntry]) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, ModelEntry],
+        set_ready: Callable[[str, str, str, bool], None] | None = None,
+    ) -> None:
+        """``set_ready(model, version, provider, ready)``: told when a version
+        with a blocker stops or starts serving (the model_ready gauge)."""
         self._models = models
+        self._set_ready = set_ready
         self._ready: dict[tuple[str, str], LoadedVersion] = {}
         #: Set by the manager's drain: every new request is refused.
         self.draining = False
@@ -127,13 +176,42 @@ class ReadyTable:
     def rebuild(self) -> None:
         ready: dict[tuple[str, str], LoadedVersion] = {}
         if not self.draining:
-            for name, entry in self._models.items():
-                versions = entry.ready_versions()
-                for loaded in versions:
-                    ready[(name, loaded.version_str)] = loaded
-                if versions:
-                    ready[(name, "")] = versions[-1]
+            statuses = [s for e in self._models.values() for s in e.versions.values()]
+            before = {id(s): s.blocked for s in statuses}
+            for status in statuses:
+                status.blocked = ""
+            changed = True
+            while changed:  # blocking one ensemble may block another that runs it
+                ready = self._collect()
+                look = _finder(ready)
+                changed = False
+                for status in statuses:
+                    loaded = status.loaded
+                    if status.serving and loaded is not None and loaded.blocker is not None:
+                        status.blocked = loaded.blocker(look)
+                        changed = changed or bool(status.blocked)
+            for status in statuses:
+                if status.blocked != before[id(status)] and status.loaded is not None:
+                    loaded = status.loaded
+                    label = f"{loaded.model}:{status.version}"
+                    if self._set_ready is not None:
+                        self._set_ready(loaded.model, loaded.version_str,
+                                        loaded.runtime.provider, not status.blocked)  # fmt: skip
+                    if status.blocked:
+                        logger.warning("model %s is not ready: %s", label, status.blocked)
+                    else:
+                        logger.info("model %s is ready: its steps serve", label)
         self._ready = ready
+
+    def _collect(self) -> dict[tuple[str, str], LoadedVersion]:
+        ready: dict[tuple[str, str], LoadedVersion] = {}
+        for name, entry in self._models.items():
+            versions = entry.ready_versions()
+            for loaded in versions:
+                ready[(name, loaded.version_str)] = loaded
+            if versions:
+                ready[(name, "")] = versions[-1]
+        return ready
 
     def get(self, name: str, version: str = "") -> LoadedVersion:
         loaded = self._ready.get((name, version))
@@ -176,13 +254,18 @@ class ReadyTable:
                     f"model '{name}' has no version {version}; "
                     f"versions: {sorted(entry.versions) or 'none'}"
                 )
-            if status.state is VersionState.READY and status.loaded is not None:
+            if status.serving and status.loaded is not None:
                 return status.loaded  # the same number written differently ("01")
+            state, reason = status.row()
             raise ModelNotReady(
-                f"model '{name}' version {version} is not ready ({status.state.value.lower()}"
-                + (f": {status.reason}" if status.reason else "")
+                f"model '{name}' version {version} is not ready ({state.lower()}"
+                + (f": {reason}" if reason else "")
                 + ")"
             )
         raise ModelNotReady(
             f"model '{name}' is not ready ({entry.why_not_ready() or 'not loaded'})"
         )
+
+
+def _finder(ready: dict[tuple[str, str], LoadedVersion]) -> Lookup:
+    return lambda name, version: ready.get((name, version))

@@ -1243,7 +1243,7 @@ Global___ModelSequenceBatching: _TypeAlias = ModelSequenceBatching  # noqa: Y015
 
 @_typing.final
 class ModelEnsembling(_message.Message):
-    """A pipeline of models (not implemented by dlserve; parsed for compatibility)."""
+    """A pipeline of models (platform "ensemble"; served by serving/ensemble.py)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
