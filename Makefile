@@ -14,7 +14,7 @@ OTHER_ORT   := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 SERVE_STAMP := $(VENV)/.installed-serve-$(ORT)
 ALL_STAMP   := $(VENV)/.installed-all-$(ORT)
 
-.PHONY: serve test models protos lint install install-dev clean-venv
+.PHONY: serve test models protos lint install install-dev clean-venv gpu-wheels
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +55,14 @@ lint: $(ALL_STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Wheels for scripts/gpu_check.sh on an offline GPU machine (CUDA 13 driver,
+# CPython 3.12): onnxruntime-gpu with its CUDA 13 / cuDNN 9 wheels (a driver
+# alone has no libcudart or cuDNN), the serving deps and onnx, cp312 manylinux.
+GPU_PLATFORMS := manylinux2010_x86_64 manylinux_2_12_x86_64 manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_27_x86_64 manylinux_2_28_x86_64
+GPU_ORT := 'onnxruntime-gpu[cuda,cudnn]==1.31.1'
+gpu-wheels: | $(BIN)/python
+	$(BIN)/python -m pip download -q -d .whl --only-binary=:all: \
+	    --implementation cp --python-version 3.12 --abi cp312 --abi abi3 --abi none \
+	    $(addprefix --platform ,$(GPU_PLATFORMS)) --platform any \
+	    -r requirements/serve-gpu.txt $(GPU_ORT) onnx

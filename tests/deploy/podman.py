@@ -1,0 +1,91 @@
+"""Podman helpers for tests/deploy/test_container.py: bootstrap a Debian base
+image (cached by its inputs), build deploy/docker/Dockerfile on it, run it.
+
+This machine has no Docker engine and no registry: the base image comes from
+Debian's packages (mmdebstrap), runc replaces crun (which refuses the hybrid
+cgroup layout), the ulimits are lowered to what the sandbox may set, and pip
+inside the build sees the host's pip configuration and CA bundle, mounted
+read-only at the same paths (no host is named anywhere). Users with Docker or
+podman and a registry build the same Dockerfile unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+import subprocess
+import tempfile
+from pathlib import Path
+
+from tests.deploy.promql import REPO
+
+#: The mmdebstrap command line; the base image's tag is a hash of it.
+BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
+BASE_ARGS = ("--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm")
+ULIMITS = ("--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000")
+IMAGE = "localhost/dlserve:cpu-test"
+
+
+def podman(
+    *args: str, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", "--runtime", "runc", *args],
+        check=check, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def base_tag() -> str:
+    digest = hashlib.sha256(" ".join(BASE_ARGS).encode()).hexdigest()[:12]
+    return f"localhost/dlserve-base:bookworm-{digest}"
+
+
+def ensure_base() -> str:
+    """The bootstrapped base image, built once per distinct mmdebstrap line."""
+    tag = base_tag()
+    if podman("image", "exists", tag, check=False).returncode == 0:
+        return tag
+    with tempfile.TemporaryDirectory() as tmp:
+        tar = Path(tmp) / "base.tar"
+        subprocess.run(
+            ["mmdebstrap", *BASE_ARGS, str(tar)], check=True, capture_output=True, timeout=600
+        )
+        podman("import", str(tar), tag)
+    return tag
+
+
+def build_mounts() -> list[str]:
+    """-v options: the host's pip configuration and CA bundle, read-only."""
+    paths: set[str] = set()
+    out = subprocess.run(
+        ["python3", "-m", "pip", "config", "debug"], capture_output=True, text=True, check=False
+    ).stdout
+    for line in out.splitlines():
+        line = line.strip()
+        if line.endswith("exists: True"):
+            conf = Path(line.split(",")[0])
+            # A config in its own pip/ folder may name files beside it.
+            paths.add(str(conf.parent if conf.parent.name == "pip" else conf))
+    for env in ("PIP_CONFIG_FILE",):
+        if os.environ.get(env) and Path(os.environ[env]).exists():
+            paths.add(os.environ[env])
+    cafile = ssl.get_default_verify_paths().cafile
+    if cafile and Path(cafile).exists():
+        paths.add(cafile)
+    return [arg for p in sorted(paths) for arg in ("-v", f"{p}:{p}:ro")]
+
+
+def build_image(base: str, tag: str = IMAGE) -> None:
+    podman(
+        "build", "--format", "docker", "--network", "host", *ULIMITS, *build_mounts(),
+        "--build-arg", f"PYTHON_IMAGE={base}", "-f", "deploy/docker/Dockerfile", "-t", tag,
+        str(REPO),
+    )  # fmt: skip
+
+
+def run_detached(image: str, *args: str, env: dict[str, str], volumes: tuple[str, ...] = ()) -> str:
+    envs = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    vols = [a for v in volumes for a in ("-v", v)]
+    proc = podman("run", "-d", "--network", "host", *ULIMITS, *envs, *vols, image, *args)
+    return proc.stdout.strip()
