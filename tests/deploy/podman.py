@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from tests.deploy.promql import REPO
+from tests.support import require_binary
 
 #: The mmdebstrap command line; the base image's tag is a hash of it.
 BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
@@ -28,12 +29,22 @@ IMAGE = "localhost/dlserve:cpu-test"
 
 
 def podman(
-    *args: str, check: bool = True, timeout: float = 600
+    *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["podman", "--runtime", "runc", *args],
         check=check, capture_output=True, text=True, timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )  # fmt: skip
+
+
+def low_ulimits_conf(folder: Path) -> dict[str, str]:
+    """The environment for podman commands that take no --ulimit (``play
+    kube``): a containers.conf whose default ulimits the sandbox may set."""
+    conf = folder / "containers.conf"
+    limits = ", ".join(f'"{v}"' for k, v in zip(ULIMITS[::2], ULIMITS[1::2], strict=True))
+    conf.write_text(f"[containers]\ndefault_ulimits = [{limits}]\n")
+    return {"CONTAINERS_CONF": str(conf)}
 
 
 def base_tag() -> str:
@@ -89,3 +100,12 @@ def run_detached(image: str, *args: str, env: dict[str, str], volumes: tuple[str
     vols = [a for v in volumes for a in ("-v", v)]
     proc = podman("run", "-d", "--network", "host", *ULIMITS, *envs, *vols, image, *args)
     return proc.stdout.strip()
+
+
+def ensure_image() -> str:
+    """The CPU image, built (podman's layer cache makes a rebuild quick);
+    skips, or fails under DLSERVE_REQUIRE_SYSTEM_TOOLS=1, without the tools."""
+    for tool in ("podman", "runc", "mmdebstrap"):
+        require_binary(tool)
+    build_image(ensure_base())
+    return IMAGE

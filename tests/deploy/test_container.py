@@ -27,17 +27,14 @@ from tritonclient.utils import InferenceServerException
 from devtools.onnx_models import mlp, write_model
 from tests.deploy import podman as pm
 from tests.integration.helpers import DEFAULT_MODELS, DEFAULT_NAMES, infer_input, reference, rows
-from tests.support import free_port, require_binary
+from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    for tool in ("podman", "runc", "mmdebstrap"):
-        require_binary(tool)
-    pm.build_image(pm.ensure_base())
-    return pm.IMAGE
+    return pm.ensure_image()
 
 
 def _ports() -> dict[str, str]:
