@@ -38,12 +38,16 @@ def podman(
     )  # fmt: skip
 
 
-def low_ulimits_conf(folder: Path) -> dict[str, str]:
+def low_ulimits_conf(folder: Path, runtime: str | None = None) -> dict[str, str]:
     """The environment for podman commands that take no --ulimit (``play
-    kube``): a containers.conf whose default ulimits the sandbox may set."""
+    kube``, podman-compose): a containers.conf whose default ulimits the
+    sandbox may set, and the OCI runtime when the caller cannot pass one."""
     conf = folder / "containers.conf"
     limits = ", ".join(f'"{v}"' for k, v in zip(ULIMITS[::2], ULIMITS[1::2], strict=True))
-    conf.write_text(f"[containers]\ndefault_ulimits = [{limits}]\n")
+    text = f"[containers]\ndefault_ulimits = [{limits}]\n"
+    if runtime is not None:
+        text += f'[engine]\nruntime = "{runtime}"\n'
+    conf.write_text(text)
     return {"CONTAINERS_CONF": str(conf)}
 
 

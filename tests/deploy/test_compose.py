@@ -16,7 +16,11 @@ from tests.deploy import dockerfiles as df
 from tests.deploy import promql
 
 DEPLOY = promql.REPO / "deploy"
-COMPOSE_FILES = [DEPLOY / "compose.yaml", DEPLOY / "compose.gpu.yaml"]
+COMPOSE_FILES = [
+    DEPLOY / "compose.yaml",
+    DEPLOY / "compose.gpu.yaml",
+    DEPLOY / "compose.podman.yaml",
+]
 
 
 def check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
