@@ -53,15 +53,16 @@ class _Records(logging.Handler):
             return "".join(line + "\n" for line in self.lines)
 
 
-def settings_for(repository: Path, args: Sequence[str]) -> Any:
-    """ServingSettings from ``dlserve serve`` flags, parsed as the CLI parses them."""
+def settings_for(repository: Path, args: Sequence[str]) -> tuple[Any, list[str]]:
+    """ServingSettings and the --load-model names from ``dlserve serve``
+    flags, parsed as the CLI parses them."""
     from dlserve.argparsing import OneLineParser
     from serving import cli
 
     parser = OneLineParser(prog="dlserve")
     cli.register(parser.add_subparsers(dest="command", parser_class=OneLineParser))
     parsed = parser.parse_args(["serve", "--model-repository", str(repository), *args])
-    return cli._settings(parsed)
+    return cli._settings(parsed), list(parsed.load_model or [])
 
 
 class InProcessServer:
@@ -117,13 +118,16 @@ class InProcessServer:
     def start(self) -> "InProcessServer":
         from serving.app import App
 
-        settings = settings_for(self.repository, self._flags())
+        settings, load_models = settings_for(self.repository, self._flags())
         if settings.loop_watchdog_ms == 0:
             settings = settings.model_copy(update={"loop_watchdog_ms": float(LOOP_WATCHDOG_MS)})
         self._attach_log(settings.log_level)
         started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=self._run, args=(App, settings, started), name="inprocess-server", daemon=True
+            target=self._run,
+            args=(App, settings, load_models, started),
+            name="inprocess-server",
+            daemon=True,
         )
         self._thread.start()
         try:
@@ -141,14 +145,20 @@ class InProcessServer:
         self.http_port = running.http_port
         return self
 
-    def _run(self, app_class: Any, settings: Any, started: concurrent.futures.Future[Any]) -> None:
+    def _run(
+        self,
+        app_class: Any,
+        settings: Any,
+        load_models: list[str],
+        started: concurrent.futures.Future[Any],
+    ) -> None:
         import uvloop
 
         loop = uvloop.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._main(app_class, settings, started))
+            loop.run_until_complete(self._main(app_class, settings, load_models, started))
             self._exit.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             if not started.done():
@@ -159,9 +169,13 @@ class InProcessServer:
             loop.close()
 
     async def _main(
-        self, app_class: Any, settings: Any, started: concurrent.futures.Future[Any]
+        self,
+        app_class: Any,
+        settings: Any,
+        load_models: list[str],
+        started: concurrent.futures.Future[Any],
     ) -> None:
-        self._app = app = app_class(settings)
+        self._app = app = app_class(settings, load_models)
         try:
             running = await app.start()
         except BaseException:
