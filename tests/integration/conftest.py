@@ -1,8 +1,11 @@
 """Shared fixtures for the end-to-end server tests.
 
-One real ``dlserve serve`` process (``server``) serves ``model_repo`` for the
-whole session; tests that need other flags (explicit control, auth, a small
-message limit, another repository) start their own, one per module.
+One real dlserve server (``server``, in this process on free ports:
+devtools.inprocess.InProcessServer) serves ``model_repo`` for the whole
+session; tests that need other flags (explicit control, auth, a small message
+limit, another repository) start their own, one per module, and those that
+need a process of their own (the CLI, signals, workers, shutdown, the
+process's memory or stderr) a ``devtools.serverproc.ServerProcess``.
 
 ``model_repo`` holds:
 
@@ -27,7 +30,7 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
-from devtools.serverproc import ServerProcess
+from devtools.inprocess import InProcessServer
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import DEFAULT_MODELS, DEFAULT_NAMES, build_repo
 
@@ -38,29 +41,29 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(model_repo: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(model_repo) as proc:
+def server(model_repo: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(model_repo) as proc:
         yield proc
 
 
 @pytest.fixture(scope="session")
-def default_server() -> Iterator[ServerProcess]:
+def default_server() -> Iterator[InProcessServer]:
     """A server on the committed default models (read only)."""
     missing = [n for n in DEFAULT_NAMES if not (DEFAULT_MODELS / n / "config.pbtxt").is_file()]
     assert not missing, f"default models missing from {DEFAULT_MODELS}: {missing}"
-    with ServerProcess(DEFAULT_MODELS) as proc:
+    with InProcessServer(DEFAULT_MODELS) as proc:
         yield proc
 
 
 @pytest.fixture(scope="session")
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(server.url)
     yield c
     c.close()
 
 
 @pytest.fixture(scope="session")
-def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+def stub(server: InProcessServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     """Our own generated stub, for requests tritonclient refuses to build."""
     with grpc.insecure_channel(server.url) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)

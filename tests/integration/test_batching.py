@@ -12,8 +12,8 @@ import pytest
 import tritonclient.grpc as tc
 import tritonclient.grpc.aio as tca
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
-from devtools.serverproc import ServerProcess
 
 CLIENTS = 64
 
@@ -32,7 +32,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repo: Path):  # type: ignore[no-untyped-def]
-    with ServerProcess(repo) as s:
+    with InProcessServer(repo) as s:
         yield s
 
 

@@ -21,8 +21,8 @@ import pytest
 import tritonclient.grpc as triton
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
-from devtools.serverproc import ServerProcess
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
@@ -283,7 +283,7 @@ def test_model_that_failed_to_load_is_unavailable(client: triton.InferenceServer
 
 
 def test_model_unloaded_in_explicit_mode_is_unavailable(model_repo: Path) -> None:
-    with ServerProcess(model_repo, "--model-control-mode", "explicit") as proc:
+    with InProcessServer(model_repo, "--model-control-mode", "explicit") as proc:
         c = triton.InferenceServerClient(proc.url)
         c.load_model("classifier")
         c.infer("classifier", [infer_input(rows(1))])
@@ -338,15 +338,15 @@ LIMIT = 64 * 1024
 
 
 @pytest.fixture(scope="module")
-def small_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def small_limit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     repo = tmp_path_factory.mktemp("small-limit")
     # 2 features in, 256 classes out: a small request can ask for a big answer.
     write_model(repo, "wide", model=mlp(classes=256, hidden=(4,)), max_batch_size=1024)
-    with ServerProcess(repo, "--max-message-bytes", str(LIMIT)) as proc:
+    with InProcessServer(repo, "--max-message-bytes", str(LIMIT)) as proc:
         yield proc
 
 
-def test_request_over_max_message_bytes(small_limit: ServerProcess) -> None:
+def test_request_over_max_message_bytes(small_limit: InProcessServer) -> None:
     c = triton.InferenceServerClient(small_limit.url)
     n = LIMIT // 8 + 1  # 2 FP32 per row: just over the limit
     with rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, str(LIMIT)):
@@ -356,7 +356,7 @@ def test_request_over_max_message_bytes(small_limit: ServerProcess) -> None:
     c.close()
 
 
-def test_response_over_max_message_bytes(small_limit: ServerProcess) -> None:
+def test_response_over_max_message_bytes(small_limit: InProcessServer) -> None:
     c = triton.InferenceServerClient(small_limit.url)
     # 100 rows: 800 request bytes; 2 outputs x 100 x 256 x 4 = 200 KiB back.
     with rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED):
@@ -375,7 +375,7 @@ TOKEN = "s3cret-token"
 def auth_server(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN + "\n")
-    with ServerProcess(model_repo, "--auth-token-file", str(token_file)) as proc:
+    with InProcessServer(model_repo, "--auth-token-file", str(token_file)) as proc:
         yield proc.url
 
 

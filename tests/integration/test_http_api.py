@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from devtools.serverproc import ServerProcess
+from devtools.inprocess import InProcessServer
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
     CLASSIFIER_LABELS,
@@ -50,13 +50,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(repo) as proc:
+def server(repo: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(repo) as proc:
         yield proc
 
 
 @pytest.fixture
-def api(server: ServerProcess) -> Iterator[Http]:
+def api(server: InProcessServer) -> Iterator[Http]:
     client = Http(server.http_url)
     yield client
     client.close()
@@ -171,7 +171,7 @@ def test_json_data_nested_flat_and_typed(api: Http, repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def triton(server: ServerProcess) -> Iterator[httpclient.InferenceServerClient]:
+def triton(server: InProcessServer) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(server.http_url)
     yield client
     client.close()
@@ -268,7 +268,7 @@ def test_compressed_answers_say_so(api: Http) -> None:
 # --- counting -----------------------------------------------------------------
 
 
-def _books(api: Http, server: ServerProcess) -> tuple[float, ...]:
+def _books(api: Http, server: InProcessServer) -> tuple[float, ...]:
     stats = api.json("GET", "/v2/models/counted/stats")[1]["model_stats"][0]
     s = stats["inference_stats"]
     return (
@@ -277,7 +277,7 @@ def _books(api: Http, server: ServerProcess) -> tuple[float, ...]:
     )  # fmt: skip
 
 
-def test_http_requests_are_counted_as_grpc_ones(api: Http, server: ServerProcess) -> None:
+def test_http_requests_are_counted_as_grpc_ones(api: Http, server: InProcessServer) -> None:
     x = np.asarray(X1, dtype=np.float32)
     before = _books(api, server)
     for _ in range(3):
@@ -303,7 +303,7 @@ def test_http_requests_are_counted_as_grpc_ones(api: Http, server: ServerProcess
     assert http_delta == grpc_delta
 
 
-def test_grpc_and_http_requests_share_a_batch(api: Http, server: ServerProcess) -> None:
+def test_grpc_and_http_requests_share_a_batch(api: Http, server: InProcessServer) -> None:
     """``delayed`` waits up to 0.5 s for a batch of 8: one request from each
     transport, sent together, run as one batch of 2."""
     x = np.asarray(X1, dtype=np.float32)
@@ -352,7 +352,7 @@ def _perf_analyzer() -> tuple[str, dict[str, str]]:
     return binary, env
 
 
-def test_perf_analyzer_over_http(server: ServerProcess, tmp_path: Path) -> None:
+def test_perf_analyzer_over_http(server: InProcessServer, tmp_path: Path) -> None:
     binary, env = _perf_analyzer()
     csv_path = tmp_path / "http.csv"
     command = [
@@ -370,7 +370,7 @@ def test_perf_analyzer_over_http(server: ServerProcess, tmp_path: Path) -> None:
 # --- dlserve predict / bench over HTTP -----------------------------------------
 
 
-def test_predict_and_bench_over_http(server: ServerProcess, repo: Path, tmp_path: Path) -> None:
+def test_predict_and_bench_over_http(server: InProcessServer, repo: Path, tmp_path: Path) -> None:
     from devtools.serverproc import run_cli
 
     x = [[0.5, -1.0]]

@@ -18,8 +18,9 @@ import grpc
 import numpy as np
 import pytest
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, slow_mlp, write_model
-from devtools.serverproc import ServerProcess, wait_for
+from devtools.serverproc import wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import expected, inflight, outputs, request
@@ -48,8 +49,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(
+def server(repo: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(
         repo, "--inference-threads", "1", "--max-queue-size", str(FLAG_QUEUE),
         "--max-message-bytes", str(64 * 1024),
     ) as proc:  # fmt: skip
@@ -57,7 +58,7 @@ def server(repo: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="module")
-def stub(server: ServerProcess) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+def stub(server: InProcessServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     with grpc.insecure_channel(server.url) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
 
@@ -102,7 +103,7 @@ def test_full_queue_refuses_with_unavailable(
 
 
 def test_expired_request_is_dropped_before_compute(
-    server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
+    server: InProcessServer, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     """A request whose deadline passes while it waits behind a long one is
     never run: the model's execution count does not include it."""

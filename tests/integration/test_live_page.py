@@ -24,8 +24,8 @@ from typing import Any, Iterator
 
 import pytest
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
-from devtools.serverproc import ServerProcess
 from tests.integration.loadgen import Load
 from tests.support import require_binary
 
@@ -159,11 +159,11 @@ CHART_INK = """(() => Object.fromEntries([...document.querySelectorAll("canvas")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "mlp-circle", model=mlp(features=2, hidden=(8,) * 6, classes=2))
     write_model(repo, "digits", model=mlp(features=64, hidden=(32,), classes=10, seed=1))
-    with ServerProcess(repo) as running:
+    with InProcessServer(repo) as running:
         yield running
 
 
@@ -193,7 +193,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def test_live_page_shows_models_and_throughput_under_load(
-    server: ServerProcess, browser: DevTools, tmp_path: Path
+    server: InProcessServer, browser: DevTools, tmp_path: Path
 ) -> None:
     with Load(server.url, {"mlp-circle": 2, "digits": 64}, threads=1, bad_every=12):
         browser.open(server.metrics_url + "/")

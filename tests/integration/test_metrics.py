@@ -15,14 +15,14 @@ import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
-from devtools.serverproc import ServerProcess
 from tests.integration.loadgen import good_input
 
 Labels = tuple[tuple[str, str], ...]
 
 
-def scrape(server: ServerProcess) -> "Scrape":
+def scrape(server: InProcessServer) -> "Scrape":
     with urllib.request.urlopen(server.metrics_url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     return {
@@ -62,8 +62,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(repo: Path) -> Iterator[ServerProcess]:
-    with ServerProcess(repo) as running:
+def server(repo: Path) -> Iterator[InProcessServer]:
+    with InProcessServer(repo) as running:
         yield running
 
 
@@ -73,7 +73,7 @@ def expect_status(call: object, status: str) -> None:
     assert info.value.status() == f"StatusCode.{status}", info.value
 
 
-def test_counter_deltas_are_exact(server: ServerProcess) -> None:
+def test_counter_deltas_are_exact(server: InProcessServer) -> None:
     client = grpcclient.InferenceServerClient(server.url)
     before = scrape(server)
 
@@ -142,7 +142,7 @@ def test_counter_deltas_are_exact(server: ServerProcess) -> None:
     assert after[key("dlserve_inflight_requests", model="mlp")] == 0
 
 
-def test_model_ready_names_the_execution_provider(server: ServerProcess) -> None:
+def test_model_ready_names_the_execution_provider(server: InProcessServer) -> None:
     after = scrape(server)
     ready = {labels: v for (name, labels), v in after.items() if name == "dlserve_model_ready"}
     assert ready == {
@@ -152,7 +152,7 @@ def test_model_ready_names_the_execution_provider(server: ServerProcess) -> None
 
 
 def test_no_metrics_records_no_traffic_but_readiness(repo: Path) -> None:
-    with ServerProcess(repo, "--no-metrics") as server:
+    with InProcessServer(repo, "--no-metrics") as server:
         client = grpcclient.InferenceServerClient(server.url)
         for i in range(5):
             client.infer("mlp", [good_input(2, 1, seed=i)])

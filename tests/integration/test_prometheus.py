@@ -19,8 +19,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
-from devtools.serverproc import ServerProcess
 from tests.deploy import promql
 from tests.integration.loadgen import Load
 from tests.support import free_port, require_binary
@@ -97,17 +97,17 @@ def wait_until(check: Any, timeout: float = SETTLE_TIMEOUT, interval: float = 1.
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer]:
     repo = tmp_path_factory.mktemp("repo")
     write_model(repo, "mlp-circle", model=mlp(features=2, hidden=(8,) * 6, classes=2))
     write_model(repo, "digits", model=mlp(features=64, hidden=(32,), classes=10, seed=1))
-    with ServerProcess(repo) as running:
+    with InProcessServer(repo) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def prometheus(
-    server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+    server: InProcessServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     binary = require_binary("prometheus")
     target = f"127.0.0.1:{server.metrics_port}"
@@ -132,7 +132,7 @@ def test_the_deploy_directory_ships_expressions() -> None:
     assert all(counts.values()), counts
 
 
-def test_scrape_target_is_up(prometheus: Prometheus, server: ServerProcess) -> None:
+def test_scrape_target_is_up(prometheus: Prometheus, server: InProcessServer) -> None:
     (target,) = prometheus.get("/api/v1/targets")["data"]["activeTargets"]
     assert target["health"] == "up", target
     assert target["labels"]["job"] == promql.SCRAPE_JOB

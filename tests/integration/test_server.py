@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from devtools.serverproc import ServerProcess
+from devtools.inprocess import InProcessServer
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import (
@@ -283,7 +283,7 @@ def test_queue_delay_model_answers_after_waiting_for_company(
 
 
 def test_stream_infer_answers_each_request_and_survives_a_bad_one(
-    server: ServerProcess, model_repo: Path
+    server: InProcessServer, model_repo: Path
 ) -> None:
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     c = triton.InferenceServerClient(server.url)
@@ -396,7 +396,7 @@ def test_rpcs_outside_the_contract_are_unimplemented(
 
 
 @pytest.mark.parametrize("service", ["", SERVICE])
-def test_grpc_health_check(server: ServerProcess, service: str) -> None:
+def test_grpc_health_check(server: InProcessServer, service: str) -> None:
     with grpc.insecure_channel(server.url) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=service), timeout=5
@@ -404,7 +404,7 @@ def test_grpc_health_check(server: ServerProcess, service: str) -> None:
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_the_inference_service(server: ServerProcess) -> None:
+def test_reflection_lists_the_inference_service(server: InProcessServer) -> None:
     with grpc.insecure_channel(server.url) as channel:
         db = ProtoReflectionDescriptorDatabase(channel)
         services = set(db.get_services())
@@ -426,7 +426,7 @@ def test_device_cuda_that_cannot_be_honoured_fails_each_load_with_the_reason(
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: --device cuda can be honoured here")
-    with ServerProcess(model_repo, "--device", "cuda") as proc:
+    with InProcessServer(model_repo, "--device", "cuda") as proc:
         c = triton.InferenceServerClient(proc.url)
         assert c.is_server_live()
         index = c.get_model_repository_index().models
@@ -443,7 +443,7 @@ def test_device_cuda_that_cannot_be_honoured_fails_each_load_with_the_reason(
 
 @pytest.fixture(scope="module")
 def explicit(model_repo: Path) -> Iterator[triton.InferenceServerClient]:
-    with ServerProcess(model_repo, "--model-control-mode", "explicit") as proc:
+    with InProcessServer(model_repo, "--model-control-mode", "explicit") as proc:
         c = triton.InferenceServerClient(proc.url)
         yield c
         c.close()
@@ -463,7 +463,7 @@ def test_explicit_mode_index_lists_models_not_loaded(
 
 
 def test_explicit_mode_load_model_flag_loads_only_those(model_repo: Path) -> None:
-    with ServerProcess(
+    with InProcessServer(
         model_repo, "--model-control-mode", "explicit", "--load-model", "classifier"
     ) as proc:
         c = triton.InferenceServerClient(proc.url)
@@ -532,7 +532,7 @@ def test_explicit_load_of_unknown_model_is_not_found(
 
 
 @pytest.fixture(scope="module")
-def defaults(default_server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+def defaults(default_server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(default_server.url)
     yield c
     c.close()

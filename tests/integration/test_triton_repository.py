@@ -19,8 +19,9 @@ import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper, numpy_helper
 
+from devtools.inprocess import InProcessServer
 from devtools.onnx_models import IR_VERSION, OPSET, mlp
-from devtools.serverproc import ServerProcess, wait_for
+from devtools.serverproc import wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import infer_input, reference, rows, rpc_error
@@ -174,13 +175,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(files: dict[str, Path]) -> Iterator[ServerProcess]:
-    with ServerProcess(files["bare:1"].parents[2]) as proc:
+def server(files: dict[str, Path]) -> Iterator[InProcessServer]:
+    with InProcessServer(files["bare:1"].parents[2]) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(server.url)
     yield c
     c.close()
@@ -303,7 +304,7 @@ def test_broken_folder_is_not_ready_with_its_reason(
 
 
 def test_good_models_serve_next_to_broken_ones(
-    client: triton.InferenceServerClient, server: ServerProcess
+    client: triton.InferenceServerClient, server: InProcessServer
 ) -> None:
     assert client.is_server_ready()
     with grpc.insecure_channel(server.url) as channel:
@@ -319,7 +320,7 @@ def test_good_models_serve_next_to_broken_ones(
 def test_poll_mode_follows_the_repository(tmp_path: Path) -> None:
     repo = tmp_path / "polled"
     a1 = _save(repo / "a", 1, mlp(seed=50))
-    with ServerProcess(
+    with InProcessServer(
         repo, "--model-control-mode", "poll", "--repository-poll-secs", "0.2"
     ) as proc:
         c = triton.InferenceServerClient(proc.url)
