@@ -40,17 +40,22 @@ class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        self.lines: list[str] = []
+        #: (the logging thread's ident, the formatted line)
+        self.lines: list[tuple[int, str]] = []
         self._guard = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         line = self.format(record)
         with self._guard:
-            self.lines.append(line)
+            self.lines.append((record.thread or 0, line))
 
     def text(self) -> str:
         with self._guard:
-            return "".join(line + "\n" for line in self.lines)
+            return "".join(line + "\n" for _, line in self.lines)
+
+    def from_thread(self, ident: int) -> list[str]:
+        with self._guard:
+            return [line for thread, line in self.lines if thread == ident]
 
 
 def settings_for(repository: Path, args: Sequence[str]) -> tuple[Any, list[str]]:
@@ -219,8 +224,14 @@ class InProcessServer:
         return 0
 
     def loop_stalls(self) -> list[str]:
-        """The watchdog's "event loop blocked for ..." lines in the log so far."""
-        return [line for line in self.log().splitlines() if LOOP_STALL_MARK in line]
+        """This server's watchdog's "event loop blocked for ..." lines so far
+        (the handler sees every ``serving`` logger in the test process: other
+        watchdogs, e.g. the unit tests', log from threads of their own)."""
+        watchdog = self._app._watchdog if self._app is not None else None
+        thread = getattr(watchdog, "_thread", None)
+        if thread is None or thread.ident is None:
+            return []
+        return [line for line in self._records.from_thread(thread.ident) if LOOP_STALL_MARK in line]
 
     def check_loop_stalls(self) -> None:
         """Fail (once) if the server's event loop stalled, unless allowed."""

@@ -19,9 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from devtools.ensembles import write_pipeline
-from serving.errors import ModelLoadError
-from serving.repository import read_config
+# Run as a script from a checkout: its root (devtools/, serving/) on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from devtools.ensembles import write_pipeline  # noqa: E402
+from serving.errors import ModelLoadError  # noqa: E402
+from serving.repository import read_config  # noqa: E402
 
 
 def floats(text: str) -> list[float]:
