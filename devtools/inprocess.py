@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from devtools.ports import free_port
-from devtools.serverproc import LOOP_STALL_MARK, LOOP_WATCHDOG_MS, ServerFailed
+from devtools.serverproc import LOOP_STALL_MARK, LOOP_WATCHDOG_MS, ServerFailed, fail_on_stalls
 
 #: The loggers whose records log() returns.
 SERVER_LOGGER = "serving"
@@ -92,6 +92,7 @@ class InProcessServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._app: Any = None
+        self._watchdog_ident: int | None = None
         self._exit: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stalls_checked = False
 
@@ -145,6 +146,9 @@ class InProcessServer:
             self._thread.join(30)
             self._detach_log()
             raise ServerFailed(f"server failed to start: {exc}\n{self.log()}") from exc
+        # The watchdog thread's ident, kept: the watchdog forgets its thread at stop.
+        thread = getattr(self._app._watchdog, "_thread", None)
+        self._watchdog_ident = thread.ident if thread is not None else None
         self.grpc_port = running.grpc_port
         self.metrics_port = running.metrics_port
         self.http_port = running.http_port
@@ -227,25 +231,19 @@ class InProcessServer:
         """This server's watchdog's "event loop blocked for ..." lines so far
         (the handler sees every ``serving`` logger in the test process: other
         watchdogs, e.g. the unit tests', log from threads of their own)."""
-        watchdog = self._app._watchdog if self._app is not None else None
-        thread = getattr(watchdog, "_thread", None)
-        if thread is None or thread.ident is None:
+        if self._watchdog_ident is None:
             return []
-        return [line for line in self._records.from_thread(thread.ident) if LOOP_STALL_MARK in line]
+        lines = self._records.from_thread(self._watchdog_ident)
+        return [line for line in lines if LOOP_STALL_MARK in line]
 
     def check_loop_stalls(self) -> None:
         """Fail (once) if the server's event loop stalled, unless allowed."""
         if self.allow_loop_stalls or self._stalls_checked:
             return
         self._stalls_checked = True
-        stalls = self.loop_stalls()
-        if stalls:
-            shown = "\n".join(stalls[:20])
-            raise AssertionError(
-                f"the in-process server's event loop was blocked {len(stalls)} time(s) "
-                f"(watchdog at {LOOP_WATCHDOG_MS} ms); pass allow_loop_stalls=True if the "
-                f"test does it on purpose:\n{shown}"
-            )
+        fail_on_stalls(
+            self.loop_stalls(), "the in-process server's", f"watchdog at {LOOP_WATCHDOG_MS} ms"
+        )
 
     def __enter__(self) -> "InProcessServer":
         return self.start()

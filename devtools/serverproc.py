@@ -150,14 +150,8 @@ class ServerProcess:
         if self.allow_loop_stalls or self._stalls_checked:
             return
         self._stalls_checked = True
-        stalls = self.loop_stalls()
-        if stalls:
-            shown = "\n".join(stalls[:20])
-            raise AssertionError(
-                f"the server's event loop was blocked {len(stalls)} time(s) "
-                f"(SERVING_LOOP_WATCHDOG_MS={self.env.get('SERVING_LOOP_WATCHDOG_MS')}); "
-                f"pass allow_loop_stalls=True if the test does it on purpose:\n{shown}"
-            )
+        watchdog = f"SERVING_LOOP_WATCHDOG_MS={self.env.get('SERVING_LOOP_WATCHDOG_MS')}"
+        fail_on_stalls(self.loop_stalls(), "the server's", watchdog)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -174,6 +168,16 @@ class ServerProcess:
             self.kill()
             if self.log_path is not None:
                 self.log_path.unlink(missing_ok=True)
+
+
+def fail_on_stalls(stalls: list[str], whose: str, watchdog: str) -> None:
+    """The assertion both test servers make at stop when their loop stalled."""
+    if stalls:
+        shown = "\n".join(stalls[:20])
+        raise AssertionError(
+            f"{whose} event loop was blocked {len(stalls)} time(s) ({watchdog}); "
+            f"pass allow_loop_stalls=True if the test does it on purpose:\n{shown}"
+        )
 
 
 def run_cli(
