@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from devtools.ports import free_port
-from devtools.serverproc import LOOP_STALL_MARK, LOOP_WATCHDOG_MS, ServerFailed, fail_on_stalls
+from devtools.serverproc import (
+    LOOP_STALL_MARK,
+    LOOP_WATCHDOG_MS,
+    LoopbackServer,
+    ServerFailed,
+    fail_on_stalls,
+)
 
 #: The loggers whose records log() returns.
 SERVER_LOGGER = "serving"
@@ -70,7 +76,7 @@ def settings_for(repository: Path, args: Sequence[str]) -> tuple[Any, list[str]]
     return cli._settings(parsed), list(parsed.load_model or [])
 
 
-class InProcessServer:
+class InProcessServer(LoopbackServer):
     def __init__(
         self,
         repository: Path | str,
@@ -95,18 +101,6 @@ class InProcessServer:
         self._watchdog_ident: int | None = None
         self._exit: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stalls_checked = False
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def app(self) -> Any:

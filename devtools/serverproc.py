@@ -35,7 +35,27 @@ class ServerFailed(RuntimeError):
     pass
 
 
-class ServerProcess:
+class LoopbackServer:
+    """The addresses of a test server on 127.0.0.1 (subprocess or in-process)."""
+
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+
+class ServerProcess(LoopbackServer):
     def __init__(
         self,
         repository: Path | str,
@@ -60,18 +80,6 @@ class ServerProcess:
         self.tls_ca = tls_ca
         self.proc: subprocess.Popen[str] | None = None
         self.log_path: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}"
 
     def command(self) -> list[str]:
         return [
