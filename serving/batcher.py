@@ -40,13 +40,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 from typing import Any, Callable, NoReturn, Sequence
 
 import numpy as np
 
 from serving.batch_jobs import BatchResult, Job, fits
-from serving.clock import Clock, MonotonicClock
+from serving.clock import Clock, MonotonicClock, timed_in_pool, timed_inline
 from serving.errors import InferenceFailed, QueueFull, QueueTimeout, ServingError, ShuttingDown
 from serving.queues import PriorityQueue, QueueSetup
 
@@ -87,7 +88,9 @@ class DynamicBatcher:
         executed batch. ``queue``: priority levels and policies (default: one
         level of ``max_queue_size``). ``compute_estimate``: a batch's CPU seconds
         as measured at warm-up (inf: unknown), the first guess of where it runs."""
-        self._run = run
+        self._clock: Clock = clock or MonotonicClock()
+        self._pool_run = functools.partial(timed_in_pool, self._clock, run)
+        self._inline_run = functools.partial(timed_inline, self._clock, run)
         self._max_rows = max(1, max_batch_size)
         self._batching = batching and max_batch_size > 0
         self._delay = max_queue_delay if self._batching else 0.0
@@ -96,7 +99,6 @@ class DynamicBatcher:
         self._max_queue_bytes = max_queue_bytes
         self._queued_bytes = 0
         self._executor = executor
-        self._clock: Clock = clock or MonotonicClock()
         self._on_batch = on_batch
         self._inline_below = inline_below
         self._compute_avg = compute_estimate  # a batch's CPU seconds, running average
@@ -311,11 +313,11 @@ class DynamicBatcher:
             }
         started = self._clock.now()
         if self._executor is None or self._compute_avg < self._inline_below:
-            self._complete(jobs, started, self._timed_run, feeds)
+            self._complete(jobs, started, self._inline_run, feeds)
             return
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(self._executor, self._timed_run, feeds)
+            result = await loop.run_in_executor(self._executor, self._pool_run, feeds)
         except Exception as exc:
             self._complete(jobs, started, _reraise, exc)
             return
@@ -326,7 +328,7 @@ class DynamicBatcher:
         the caller's turn of the event loop, with no worker wake-up."""
         self._busy += 1
         try:
-            self._complete([job], job.enqueued, self._timed_run, job.feeds)
+            self._complete([job], job.enqueued, self._inline_run, job.feeds)
         finally:
             self._busy -= 1
 
@@ -377,17 +379,6 @@ class DynamicBatcher:
                     )
                 )
             offset = end
-
-    def _timed_run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float, float]:
-        """The outputs, the wall seconds the run took (for statistics) and the
-        calling thread's CPU seconds (for where batches run: in the pool a
-        run's wall time also counts the wait to take the GIL back, which
-        would keep a fast model off the event loop for good)."""
-        clock = self._clock
-        cpu = clock.cpu()
-        start = clock.now()
-        outputs = self._run(feeds)
-        return outputs, clock.now() - start, clock.cpu() - cpu
 
     @staticmethod
     def _fail(jobs: list[Job], exc: ServingError) -> None:

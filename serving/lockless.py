@@ -1,7 +1,7 @@
-"""Histograms without locks, for a server whose observations all happen on
-one thread (the event loop): a bisect and two additions per observation,
-where prometheus_client's ``Histogram`` scans the buckets and takes a lock
-per value (measured: see docs/performance.md, "metrics").
+"""Histograms, counters and gauges without locks, for a server whose
+observations all happen on one thread (the event loop): a bisect and two
+additions per observation, one addition per ``inc``, where prometheus_client
+takes a lock per value (measured: see docs/performance.md, "metrics").
 
 Scrapes (another thread) copy a child's counts in one step under the GIL,
 so a scrape's ``+Inf`` bucket always equals its ``_count``; the ``_sum`` may
@@ -16,7 +16,7 @@ import time
 from bisect import bisect_left
 from typing import Iterator, Sequence
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
@@ -85,4 +85,71 @@ class LocklessHistogram(Collector):
             family.samples.append(
                 Sample(f"{self.name}_created", {"model": model, "version": version}, child.created)
             )
+        yield family
+
+
+class LocklessValue:
+    """One series of a lockless counter or gauge."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+
+class LocklessFamily(Collector):
+    """A counter (``kind="counter"``, exposed as ``NAME_total`` and
+    ``NAME_created`` as prometheus_client writes them) or gauge family with
+    any label names, registered in ``registry``."""
+
+    def __init__(
+        self,
+        kind: str,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        *,
+        registry: CollectorRegistry,
+    ) -> None:
+        if kind not in ("counter", "gauge"):
+            raise ValueError(f"kind must be 'counter' or 'gauge', not {kind!r}")
+        self.kind = kind
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], LocklessValue] = {}
+        registry.register(self)
+
+    def labels(self, *values: str) -> LocklessValue:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
+            child = self._children[values] = LocklessValue()
+        return child
+
+    def remove(self, *values: str) -> None:
+        del self._children[values]
+
+    def _family(self) -> CounterMetricFamily | GaugeMetricFamily:
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return cls(self.name, self.documentation, labels=list(self.labelnames))
+
+    def describe(self) -> list[CounterMetricFamily | GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        family = self._family()
+        for labels, child in list(self._children.items()):
+            if isinstance(family, CounterMetricFamily):
+                family.add_metric(list(labels), child.value, created=child.created)
+            else:
+                family.add_metric(list(labels), child.value)
         yield family

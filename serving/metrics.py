@@ -15,7 +15,7 @@ from prometheus_client import Histogram as _Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from serving.lockless import LocklessHistogram
+from serving.lockless import LocklessFamily, LocklessHistogram, LocklessValue
 
 #: Seconds. Fine enough to tell 50 µs from 500 µs, wide enough for seconds.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -38,8 +38,8 @@ class VersionMetrics:
     queue: Observer
     compute: Observer
     batch_size: Observer
-    inflight: Gauge
-    ok: Counter
+    inflight: Gauge | LocklessValue
+    ok: Counter | LocklessValue
 
 
 class QueueDepths(Collector):
@@ -73,8 +73,9 @@ class Metrics:
         enabled: bool = True,
         lockless: bool = False,
     ) -> None:
-        """``lockless``: histograms observed from one thread only, without
-        locks (``serving.lockless``); not for ``--workers`` processes."""
+        """``lockless``: histograms, request counters and the in-flight gauge
+        updated from one thread only, without locks (``serving.lockless``);
+        not for ``--workers`` processes."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self.enabled = enabled
         r = self.registry
@@ -99,17 +100,20 @@ class Metrics:
             "Rows per onnxruntime run (one observation per executed batch).",
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
-        self.requests = Counter(
-            "dlserve_requests",
-            "Inference requests answered, by gRPC status code name.",
-            ["model", "version", "code"], registry=r,
-        )  # fmt: skip
-        self.inflight = Gauge(
-            "dlserve_inflight_requests",
-            "Inference requests received and not yet answered.",
-            ["model"], registry=r,
-            multiprocess_mode="livesum",  # --workers N: the sum over live workers
-        )  # fmt: skip
+        requests = ("dlserve_requests", "Inference requests answered, by gRPC status code name.")
+        inflight = ("dlserve_inflight_requests", "Inference requests received and not yet answered.")
+        self.requests: Any
+        self.inflight: Any
+        if lockless:
+            self.requests = LocklessFamily("counter", *requests, ["model", "version", "code"],
+                                           registry=r)  # fmt: skip
+            self.inflight = LocklessFamily("gauge", *inflight, ["model"], registry=r)
+        else:
+            self.requests = Counter(*requests, ["model", "version", "code"], registry=r)
+            self.inflight = Gauge(
+                *inflight, ["model"], registry=r,
+                multiprocess_mode="livesum",  # --workers N: the sum over live workers
+            )  # fmt: skip
         self.model_ready = Gauge(
             "dlserve_model_ready",
             "1 when the model version is loaded and serving, else 0.",

@@ -1,5 +1,5 @@
 """Cumulative per-version statistics for the ModelStatistics RPC (Triton's
-InferStatistics): plain integer counters, nanoseconds, updated on the event
+InferStatistics): plain counters and sums of seconds (read as nanoseconds), updated on the event
 loop thread only."""
 
 from __future__ import annotations
@@ -10,12 +10,19 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Duration:
+    """A count and a sum of seconds; kept as a float so a request costs one
+    addition, converted to Triton's nanoseconds when read."""
+
     count: int = 0
-    ns: int = 0
+    seconds: float = 0.0
 
     def add(self, seconds: float) -> None:
         self.count += 1
-        self.ns += int(seconds * 1e9)
+        self.seconds += seconds
+
+    @property
+    def ns(self) -> int:
+        return int(self.seconds * 1e9)
 
 
 @dataclass(slots=True)

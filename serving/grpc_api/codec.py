@@ -142,16 +142,34 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
     )
 
 
+#: Serialized ``outputs`` metadata by (name, datatype, shape) of every
+#: output: building the sub-messages costs more than the rest of a tiny
+#: model's request (see ``encode_response``). Bounded: past the cap, new
+#: layouts are built each time rather than kept.
+_LAYOUTS: dict[tuple[tuple[str, str, tuple[int, ...]], ...], bytes] = {}
+_MAX_LAYOUTS = 1024
+
+
 def encode_response(response: InferResponse) -> pb.ModelInferResponse:
-    outputs = []
-    raw = []
-    for t in response.outputs:
-        outputs.append(_InferOutput(name=t.name, datatype=t.datatype, shape=t.shape))
-        raw.append(encode_bytes(t.data) if t.datatype == "BYTES" else t.data.tobytes())
-    return pb.ModelInferResponse(
+    """The response message. The output metadata is merged from its
+    serialized form, kept per layout (timeit here, three outputs: 4.0 µs
+    against 8.8 µs for building every ``InferOutputTensor`` each time)."""
+    tensors = response.outputs
+    key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = pb.ModelInferResponse(
+            outputs=[_InferOutput(name=n, datatype=d, shape=s) for n, d, s in key]
+        ).SerializeToString()
+        if len(_LAYOUTS) < _MAX_LAYOUTS:
+            _LAYOUTS[key] = layout
+    message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
         id=response.id,
-        outputs=outputs,
-        raw_output_contents=raw,
+        raw_output_contents=[
+            encode_bytes(t.data) if t.datatype == "BYTES" else t.data.tobytes() for t in tensors
+        ],
     )
+    message.MergeFromString(layout)
+    return message

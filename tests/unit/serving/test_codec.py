@@ -282,3 +282,31 @@ def test_response_round_trip(datatype: str) -> None:
     else:
         assert result.as_numpy("out").tolist() == array.tolist()
     assert not any(o.HasField("contents") for o in msg.outputs)  # always raw
+
+
+def test_response_layouts_are_kept_apart_by_name_datatype_and_shape() -> None:
+    """Output metadata is reused per (name, datatype, shape): a response that
+    differs in any of them must not get another response's metadata."""
+    variants = [
+        ("out", "FP32", (2, 3)), ("out", "FP32", (3, 2)), ("out", "FP32", (6,)),
+        ("other", "FP32", (2, 3)), ("out", "INT32", (2, 3)), ("out", "FP32", (2, 3)),
+    ]  # fmt: skip
+    for name, datatype, shape in variants * 2:
+        array = sample(datatype).reshape(shape)
+        msg = codec.encode_response(InferResponse("m", "1", (Tensor(name, datatype, shape, array),)))
+        wire = triton_pb.ModelInferResponse.FromString(msg.SerializeToString())
+        assert [(o.name, o.datatype, list(o.shape)) for o in wire.outputs] == [
+            (name, datatype, list(shape))
+        ]
+        assert wire.raw_output_contents == [array.tobytes()]
+
+
+def test_response_layouts_past_the_cap_still_encode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(codec, "_LAYOUTS", {})
+    monkeypatch.setattr(codec, "_MAX_LAYOUTS", 2)
+    for rows in range(1, 6):
+        array = np.arange(rows, dtype=np.float32)
+        msg = codec.encode_response(InferResponse("m", "1", (Tensor("y", "FP32", (rows,), array),)))
+        assert list(msg.outputs[0].shape) == [rows]
+        assert np.frombuffer(msg.raw_output_contents[0], np.float32).tolist() == array.tolist()
+    assert len(codec._LAYOUTS) == 2
