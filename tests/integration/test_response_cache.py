@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 
 from devtools.inprocess import InProcessServer
 from devtools.onnx_models import config_text, mlp, write_model
+from devtools.serverproc import run_cli
 from tests.integration.cache_helpers import (
     CACHED,
     ENABLE,
@@ -222,3 +223,15 @@ def test_a_model_asking_for_the_cache_on_a_server_without_one_serves_and_says_so
         assert srv.log().count(line) == 1
         assert metric(scrape(srv.metrics_url), "dlserve_cache_entries") is None
         client.close()
+
+
+@pytest.mark.parametrize("value", ["redis,host=cache", "local,size=1MB", "local"])
+def test_a_cache_config_other_than_local_size_n_is_one_line_on_stderr(
+    tmp_path: Path, value: str
+) -> None:
+    result = run_cli("serve", "--model-repository", str(build_repo(tmp_path)),
+                     "--cache-config", value)  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("dlserve serve: error: cache-config:"), line
+    assert "expected local,size=N" in line and repr(value) in line, line
