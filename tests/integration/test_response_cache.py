@@ -10,7 +10,9 @@ asks for the cache on a server without one serves and says so once."""
 from __future__ import annotations
 
 import queue
+import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +39,7 @@ from tests.integration.cache_helpers import (
     scrape,
 )
 from tests.integration.helpers import infer_input, model_file, reference
+from tests.integration.perf_helpers import find_perf_analyzer
 
 RELOADED = "reloaded"
 
@@ -235,3 +238,24 @@ def test_a_cache_config_other_than_local_size_n_is_one_line_on_stderr(
     (line,) = result.stderr.splitlines()
     assert line.startswith("dlserve serve: error: cache-config:"), line
     assert "expected local,size=N" in line and repr(value) in line, line
+
+
+def test_perf_analyzer_reports_the_cache_hits_of_a_repeated_input(
+    server: InProcessServer, client: grpcclient.InferenceServerClient
+) -> None:
+    binary, env = find_perf_analyzer()
+    before = grpc_counts(client, CACHED)
+    result = subprocess.run(
+        [binary, "-m", CACHED, "-u", server.url, "-i", "grpc", "-b", "4", "--input-data", "zero",
+         "--concurrency-range", "1", "--measurement-interval", "500",
+         "--stability-percentage", "1000", "--max-trials", "3"],
+        capture_output=True, text=True, env=env, timeout=240,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    got = delta(grpc_counts(client, CACHED), before)
+    # Every request carried the same zeros: one miss (if no earlier test sent
+    # them), the rest hits, and perf_analyzer's server-side report shows them.
+    assert got.misses <= 1 and got.hits > 0 and got.execution_count == got.misses, got
+    reported = [int(n) for n in re.findall(r"Cache hit count: (\d+)", output)]
+    assert reported and 0 < reported[-1] <= got.hits, output
