@@ -55,9 +55,7 @@ class ModelManager:
         self._changes = ChangeTracker()
         #: Loads in flight (their threads cannot be interrupted): drain stops waiting for them.
         self._stopping = False
-        #: Told of each load that stopped serving once its queue drained
-        #: (the response cache drops its answers).
-        self.on_retire: Callable[[LoadedVersion], None] = lambda loaded: None
+        self.on_retire: Callable[[LoadedVersion], None] = lambda loaded: None  # a load retired
 
     # -- views ---------------------------------------------------------------
 
