@@ -1,6 +1,7 @@
 """The data plane: every KServe V2 operation, transport-agnostic.
 
-Inference: find the version (``versions.ReadyTable``), validate, batch,
+Inference: find the version (``versions.ReadyTable``), validate, answer from
+the response cache (``serving.response_cache``) or batch,
 shape the answer. Health, metadata, config, statistics and repository
 control answer plain dataclasses. Transports (gRPC today) decode, call one
 method, encode; they never reach the manager. This module imports no grpc.
