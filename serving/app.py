@@ -24,6 +24,7 @@ from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.metrics_app import make_app
+from serving.response_cache import CacheCollector, ResponseCache
 from serving.runtime import both_onnxruntimes_installed
 from serving.service import InferenceService
 from serving.settings import ServingSettings
@@ -71,9 +72,15 @@ class App:
         )
         loader = VersionLoader(settings, self.metrics, self.executor, runtime_factory)
         self.manager = ModelManager(settings, loader, self.metrics)
+        self.cache = ResponseCache(settings.cache_bytes) if settings.cache_bytes else None
+        if self.cache is not None:
+            self.manager.on_retire = self.cache.forget
+            if settings.metrics_enabled:
+                self.metrics.registry.register(CacheCollector(self.cache))
         self.service = InferenceService(
-            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
-        )
+            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes,
+            cache=self.cache,
+        )  # fmt: skip
         self.grpc: GrpcFrontend | None = None
         self.rest: HttpFrontend | None = None
         self._http: MetricsHttpServer | None = None

@@ -19,7 +19,7 @@ _SETTINGS_FLAGS = (
     "max_queue_bytes",
     "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
-    "tls_key", "tls_client_ca", "log_level", "log_format",
+    "tls_key", "tls_client_ca", "log_level", "log_format", "cache_config",
 )  # fmt: skip
 
 
@@ -71,6 +71,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tls-key", type=Path, metavar="FILE")
     p.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="require client certs")
     p.add_argument("--no-metrics", action="store_true", help="do not record metrics")
+    p.add_argument(
+        "--cache-config", metavar="local,size=N",
+        help="response cache of N bytes for models with response_cache { enable: true }",
+    )  # fmt: skip
     p.add_argument("--log-level", metavar="LEVEL")
     p.add_argument("--log-format", choices=("text", "json"))
     p.set_defaults(func=run_serve)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from serving import ensemble, repository
+from serving import ensemble, repository, response_cache
 from serving._generated import model_config_pb2 as mc
 from serving.batcher import DynamicBatcher
 from serving.metrics import Metrics
@@ -102,7 +102,9 @@ class VersionLoader:
         """The serving version: its batcher and recorder, on the event loop."""
         config = prepared.config
         version_str = str(version)
-        recorder = VersionRecorder(self.metrics, name, version_str)
+        token = response_cache.token_for(config, self.settings.cache_bytes, f"{name}:{version}",
+                                         ensemble=prepared.plan is not None)  # fmt: skip
+        recorder = VersionRecorder(self.metrics, name, version_str, cached=token > 0)
         if prepared.plan is not None:
             assert self.steps is not None, "the manager binds the table before any load"
             return ensemble.activate(name, version, prepared.plan, prepared.runtime, config,
@@ -127,7 +129,7 @@ class VersionLoader:
         self.metrics.watch_queue(name, version_str, batcher.depths)
         return LoadedVersion(name, version, version_str, config, prepared.runtime,
                              prepared.signature, batcher, recorder, prepared.output_index,
-                             fingerprint)  # fmt: skip
+                             fingerprint, cache_token=token)  # fmt: skip
 
 
 def _signature(

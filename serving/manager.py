@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from serving import ensemble, repository
 from serving.changes import ChangeTracker
@@ -55,6 +55,7 @@ class ModelManager:
         self._changes = ChangeTracker()
         #: Loads in flight (their threads cannot be interrupted): drain stops waiting for them.
         self._stopping = False
+        self.on_retire: Callable[[LoadedVersion], None] = lambda loaded: None  # a load retired
 
     # -- views ---------------------------------------------------------------
 
@@ -375,6 +376,7 @@ class ModelManager:
         if previous is not None and previous.loaded is not None:
             self.table.rebuild()  # new requests go to the new load, then the old one drains
             await previous.loaded.batcher.close(drain=True)
+            self.on_retire(previous.loaded)
             previous.loaded = None
         return True
 
@@ -389,6 +391,7 @@ class ModelManager:
         status.state, status.reason, status.loaded = UNLOADING, "", None
         self.table.rebuild()  # no new requests; queued ones still finish
         await loaded.batcher.close(drain=True)
+        self.on_retire(loaded)
         status.state, status.reason = UNAVAILABLE, reason
         if forget:
             self.metrics.forget_version(entry.name, loaded.version_str)

@@ -122,6 +122,16 @@ class Metrics:
         )  # fmt: skip
         self.queue_depths = QueueDepths()
         r.register(self.queue_depths)
+        self.cache_hits = Counter(
+            "dlserve_cache_hits",
+            "Requests answered from the response cache (models with response_cache enabled).",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
+        self.cache_misses = Counter(
+            "dlserve_cache_misses",
+            "Requests of models with response_cache enabled that the cache could not answer.",
+            ["model", "version"], registry=r,
+        )  # fmt: skip
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         return VersionMetrics(
@@ -132,6 +142,10 @@ class Metrics:
             inflight=self.inflight.labels(model),
             ok=self.requests.labels(model, version, "OK"),
         )
+
+    def for_cache(self, model: str, version: str) -> tuple[Counter, Counter]:
+        """The hit and miss counters of a version whose answers are cached."""
+        return self.cache_hits.labels(model, version), self.cache_misses.labels(model, version)
 
     def count(self, model: str, version: str, code: str) -> None:
         if self.enabled:
@@ -156,7 +170,7 @@ class Metrics:
             if labels[0] == model and labels[1] == version:
                 self.model_ready.remove(*labels)
         for family in (self.request_duration, self.queue_duration, self.compute_duration,
-                       self.batch_size):  # fmt: skip
+                       self.batch_size, self.cache_hits, self.cache_misses):  # fmt: skip
             try:
                 family.remove(model, version)
             except KeyError:

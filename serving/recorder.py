@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from prometheus_client import Counter
+
 from serving.metrics import Metrics, VersionMetrics
 from serving.stats import VersionStats
 from serving.versions import parse_version
@@ -21,9 +23,11 @@ from serving.versions import parse_version
 class VersionRecorder:
     """Both books of one model version. Hot-path calls do no label lookups."""
 
-    __slots__ = ("model", "version", "stats", "_m", "_count")
+    __slots__ = ("model", "version", "stats", "_m", "_count", "_hits", "_misses")
 
-    def __init__(self, metrics: Metrics, model: str, version: str) -> None:
+    def __init__(self, metrics: Metrics, model: str, version: str, cached: bool = False) -> None:
+        """``cached``: its answers go through the response cache (its hit
+        and miss counters exist only then)."""
         self.model = model
         self.version = version
         self.stats = VersionStats()
@@ -31,6 +35,9 @@ class VersionRecorder:
             metrics.for_version(model, version) if metrics.enabled else None
         )
         self._count: Callable[[str, str, str], None] = metrics.count
+        counters = metrics.for_cache(model, version) if cached and metrics.enabled else None
+        self._hits: Counter | None = counters[0] if counters is not None else None
+        self._misses: Counter | None = counters[1] if counters is not None else None
 
     def started(self) -> None:
         """A request was queued (it is in flight until ``success``/``failure``)."""
@@ -54,6 +61,24 @@ class VersionRecorder:
             m.queue.observe(queue)
             m.compute.observe(compute)
             m.ok.inc()
+
+    def cache_hit(self, total: float, lookup: float) -> None:
+        """Answered from the response cache, ``total`` seconds after it
+        arrived, ``lookup`` of them in the cache."""
+        self.stats.record_cache_hit(total, lookup)
+        m = self._m
+        if m is not None:
+            m.request.observe(total)
+            m.ok.inc()
+        if self._hits is not None:
+            self._hits.inc()
+
+    def cache_miss(self, seconds: float) -> None:
+        """Answered by the model after a cache miss; ``seconds``: the lookup
+        and the insert."""
+        self.stats.cache_miss.add(seconds)
+        if self._misses is not None:
+            self._misses.inc()
 
     def failure(self, code: str, total: float | None = None) -> None:
         """A request of this version failed with status ``code``. ``total``:

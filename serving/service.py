@@ -1,6 +1,7 @@
 """The data plane: every KServe V2 operation, transport-agnostic.
 
-Inference: find the version (``versions.ReadyTable``), validate, batch,
+Inference: find the version (``versions.ReadyTable``), validate, answer from
+the response cache (``serving.response_cache``) or batch,
 shape the answer. Health, metadata, config, statistics and repository
 control answer plain dataclasses. Transports (gRPC today) decode, call one
 method, encode; they never reach the manager. This module imports no grpc.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from serving.metrics import Metrics
 from serving.outputs import outputs as _outputs
 from serving.recorder import failure_labels
 from serving.repository import datatype_of
+from serving.response_cache import ResponseCache
 from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from serving.versions import IndexEntry, LoadedVersion
@@ -54,6 +56,11 @@ class Pending:
     started: float
     prep: float
     future: asyncio.Future[BatchResult]
+    #: Response cache: a miss's key (its answer is stored), a hit's answer,
+    #: and the seconds the lookup took.
+    cache_key: bytes | None = None
+    cached: tuple[Tensor, ...] | None = None
+    lookup: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +107,17 @@ class InferenceService:
         metrics: Metrics,
         extensions: tuple[str, ...] = EXTENSIONS,
         max_response_bytes: int = 0,
+        cache: ResponseCache | None = None,
     ) -> None:
         """``max_response_bytes``: answers whose tensor data is within 4 KiB of
         it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
-        instead of breaking the transport (0: no limit)."""
+        instead of breaking the transport (0: no limit). ``cache``: the
+        response cache of versions with a ``cache_token``."""
         self._manager = manager
         self._table = manager.table
         self._metrics = metrics
         self._extensions = extensions
+        self._cache = cache
         self._max_payload = max_response_bytes - RESPONSE_HEADROOM if max_response_bytes else 0
         #: Set by the composition root once every transport listens.
         self.ready = False
@@ -208,17 +218,26 @@ class InferenceService:
             if request.outputs:
                 signature.check_outputs(request.outputs)
             feeds, rows = signature.validate(request.inputs)
+            key, lookup = None, 0.0
+            if loaded.cache_token and self._cache is not None:  # hits skip the batcher
+                key, cached, lookup = self._cache.lookup(loaded, request)
+                if cached is not None:
+                    return _hit(loaded, request, started, cached, lookup)
             future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))
             raise
         loaded.recorder.started()
         return Pending(loaded, request.model_name, request.id, request.outputs, rows, started,
-                       _now() - started, future)  # fmt: skip
+                       _now() - started, future, key, None, lookup)  # fmt: skip
 
     def finish(self, pending: Pending) -> InferResponse:
         """The response of a request whose future is done (raises its error)."""
         loaded = pending.loaded
+        if pending.cached is not None:
+            loaded.recorder.cache_hit(_now() - pending.started, pending.lookup)
+            return InferResponse(pending.model_name, loaded.version_str, pending.cached,
+                                 pending.request_id)  # fmt: skip
         future = pending.future
         if future.cancelled() or future.exception() is not None:
             exc = asyncio.CancelledError() if future.cancelled() else future.exception()
@@ -233,6 +252,10 @@ class InferenceService:
             except ServingError as exc:
                 loaded.recorder.failure(code_name(exc), _now() - pending.started)
                 raise
+        if pending.cache_key is not None and self._cache is not None:
+            stored = _now()
+            self._cache.insert(pending.cache_key, loaded.cache_token, outputs)
+            loaded.recorder.cache_miss(pending.lookup + _now() - stored)
         done = _now()
         loaded.recorder.success(
             pending.rows, done - pending.started, pending.prep, result.queue_seconds,
@@ -254,6 +277,16 @@ class InferenceService:
             model_version,
         )  # fmt: skip
         self._metrics.count(model, version, code_name(exc))
+
+
+def _hit(loaded: LoadedVersion, request: InferRequest, started: float,
+         cached: tuple[Tensor, ...], lookup: float) -> Pending:  # fmt: skip
+    """A request answered from the cache: its future is done already, so
+    ``finish`` (or a done callback) answers it on the spot."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return Pending(loaded, request.model_name, request.id, request.outputs, 0, started, 0.0,
+                   future, None, cached, lookup)  # fmt: skip
 
 
 def _stats_of(loaded: LoadedVersion) -> VersionStatistics:

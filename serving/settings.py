@@ -8,14 +8,16 @@ reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
 ControlMode = Literal["none", "explicit", "poll"]
+_CACHE_CONFIG = re.compile(r"local,size=(\d+)")
 
 
 def usable_cpus() -> int:
@@ -120,11 +122,32 @@ class ServingSettings(BaseSettings):
     """Log a warning whenever the event loop could not run for this long
     (serving.watchdog; 0: off). The tests run every server with 100."""
 
+    cache_config: str = ""
+    """Triton's response cache: local,size=N gives the server N bytes for the
+    answers of models whose config.pbtxt has response_cache { enable: true }
+    (serving.response_cache). Empty or size=0: no cache."""
+
     log_level: str = "INFO"
     """Python logging level name."""
 
     log_format: Literal["text", "json"] = "text"
     """text for terminals, json (one object a line) for containers."""
+
+    @field_validator("cache_config")
+    @classmethod
+    def _cache_config(cls, value: str) -> str:
+        if value.strip() and _CACHE_CONFIG.fullmatch(value.replace(" ", "")) is None:
+            raise ValueError(
+                f"expected local,size=N (N bytes for the response cache), got {value!r}; "
+                "only Triton's 'local' cache is supported"
+            )
+        return value
+
+    @property
+    def cache_bytes(self) -> int:
+        """The response cache's size from cache_config (0: no cache)."""
+        match = _CACHE_CONFIG.fullmatch(self.cache_config.replace(" ", ""))
+        return int(match.group(1)) if match is not None else 0
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServingSettings":

@@ -36,6 +36,9 @@ class VersionStats:
     compute_input: Duration = field(default_factory=Duration)
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
+    #: Response cache: lookup time of hits; lookup and insert time of misses.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     #: batch size -> (executions, compute ns)
     batches: dict[int, Duration] = field(default_factory=dict)
 
@@ -56,6 +59,15 @@ class VersionStats:
         self.compute_input.add(prep)
         self.compute_infer.add(compute)
         self.compute_output.add(post)
+
+    def record_cache_hit(self, total: float, lookup: float) -> None:
+        """An answer from the response cache. As Triton counts it: in
+        success and queue (a hit waits in no queue: 0 ns), not in
+        inference_count, execution_count or compute."""
+        self.last_inference_ms = int(time.time() * 1000)
+        self.success.add(total)
+        self.queue.add(0.0)
+        self.cache_hit.add(lookup)
 
     def record_failure(self, total: float) -> None:
         self.fail.add(total)

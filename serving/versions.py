@@ -97,6 +97,8 @@ class LoadedVersion:
     #: Why it cannot serve beside the versions serving now ("" if it can);
     #: None for a plain model, which needs no other.
     blocker: Callable[[Lookup], str] | None = None
+    #: This load's key in the response cache; 0: its answers are not cached.
+    cache_token: int = 0
 
 
 @dataclass

@@ -79,9 +79,6 @@ def _duration(d: Duration) -> dict[str, int]:
     return {"count": d.count, "ns": d.ns}
 
 
-_ZERO = {"count": 0, "ns": 0}
-
-
 def statistics(stats: list[VersionStatistics]) -> dict[str, Any]:
     return {"model_stats": [_version_stats(v) for v in stats]}
 
@@ -101,8 +98,8 @@ def _version_stats(version: VersionStatistics) -> dict[str, Any]:
             "compute_input": _duration(s.compute_input),
             "compute_infer": _duration(s.compute_infer),
             "compute_output": _duration(s.compute_output),
-            "cache_hit": dict(_ZERO),
-            "cache_miss": dict(_ZERO),
+            "cache_hit": _duration(s.cache_hit),
+            "cache_miss": _duration(s.cache_miss),
         },
         "batch_stats": [
             {

@@ -30,6 +30,8 @@ CONTRACT = {
     "dlserve_model_ready": ("gauge", {"model", "version", "provider"}),
     # The project's own, beyond the contract's table (issue 13).
     "dlserve_queue_depth": ("gauge", {"model", "version", "priority"}),
+    "dlserve_cache_hits": ("counter", {"model", "version"}),
+    "dlserve_cache_misses": ("counter", {"model", "version"}),
 }
 
 
@@ -61,6 +63,9 @@ def test_families_names_types_and_labels_are_the_contracts(metrics: Metrics) -> 
     metrics.count("mlp", "1", "INVALID_ARGUMENT")
     metrics.set_ready("mlp", "1", "CPUExecutionProvider", True)
     metrics.watch_queue("mlp", "1", lambda: [2, 0])
+    hits, misses = metrics.for_cache("mlp", "1")
+    hits.inc()
+    misses.inc()
 
     families = exposition(metrics)
     # prometheus_client adds a `<family>_created` gauge (creation time) per
@@ -143,8 +148,14 @@ def test_readiness_flips_and_forget_drops_only_that_version(metrics: Metrics) ->
         return sample(metrics, "dlserve_model_ready", model="m", version=version, provider=provider)
 
     assert ready("1") == 1 and ready("2") == 0
+    for version in ("1", "2"):
+        for counter in metrics.for_cache("m", version):
+            counter.inc()
     metrics.forget_version("m", "2")
     assert ready("1") == 1 and ready("2") is None
+    for name in ("dlserve_cache_hits_total", "dlserve_cache_misses_total"):
+        assert sample(metrics, name, model="m", version="1") == 1
+        assert sample(metrics, name, model="m", version="2") is None
 
 
 # -- LiveStats -------------------------------------------------------------------------
