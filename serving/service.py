@@ -238,12 +238,11 @@ class InferenceService:
             loaded.recorder.cache_hit(_now() - pending.started, pending.lookup)
             return InferResponse(pending.model_name, loaded.version_str, pending.cached,
                                  pending.request_id)  # fmt: skip
-        future = pending.future
-        if future.cancelled() or future.exception() is not None:
-            exc = asyncio.CancelledError() if future.cancelled() else future.exception()
-            loaded.recorder.failure(code_name(exc), _now() - pending.started)  # type: ignore[arg-type]
-            future.result()  # raises the ServingError (or CancelledError)
-        result = future.result()
+        try:
+            result = pending.future.result()
+        except BaseException as exc:  # the ServingError, or CancelledError
+            loaded.recorder.failure(code_name(exc), _now() - pending.started)
+            raise
         post_start = _now()
         outputs = _outputs(loaded, pending.outputs, result)
         if self._max_payload:
