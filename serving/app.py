@@ -25,8 +25,9 @@ from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.metrics_app import make_app
 from serving.runtime import both_onnxruntimes_installed
-from serving.service import InferenceService
+from serving.service import EXTENSIONS, SHM_EXTENSIONS, InferenceService
 from serving.settings import ServingSettings
+from serving.shm import SharedMemoryRegistry
 from serving.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,11 @@ class App:
         )
         loader = VersionLoader(settings, self.metrics, self.executor, runtime_factory)
         self.manager = ModelManager(settings, loader, self.metrics)
+        shm = settings.allow_client_shm
         self.service = InferenceService(
-            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
-        )
+            self.manager, self.metrics, EXTENSIONS + SHM_EXTENSIONS if shm else EXTENSIONS,
+            max_response_bytes=settings.max_message_bytes, shm=SharedMemoryRegistry(shm),
+        )  # fmt: skip
         self.grpc: GrpcFrontend | None = None
         self.rest: HttpFrontend | None = None
         self._http: MetricsHttpServer | None = None
@@ -181,6 +184,7 @@ class App:
             drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
         await self.manager.stop()
+        self.service.shm.close()
         if self._http is not None:
             self._http.stop()
         # A batch already inside onnxruntime cannot be interrupted: wait for it.

@@ -19,7 +19,7 @@ _SETTINGS_FLAGS = (
     "max_queue_bytes",
     "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
-    "tls_key", "tls_client_ca", "log_level", "log_format",
+    "tls_key", "tls_client_ca", "log_level", "log_format", "allow_client_shm",
 )  # fmt: skip
 
 
@@ -71,6 +71,10 @@ def register(sub: Any) -> None:
     p.add_argument("--tls-key", type=Path, metavar="FILE")
     p.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="require client certs")
     p.add_argument("--no-metrics", action="store_true", help="do not record metrics")
+    p.add_argument(
+        "--allow-client-shm", nargs="?", const=True, type=_on_off, metavar="true|false",
+        help="let clients register system shared-memory regions (Triton's flag; default off)",
+    )  # fmt: skip
     p.add_argument("--log-level", metavar="LEVEL")
     p.add_argument("--log-format", choices=("text", "json"))
     p.set_defaults(func=run_serve)
@@ -116,6 +120,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per concurrency")
     p.add_argument("--auth-token")
     p.set_defaults(func=run_bench)
+
+
+def _on_off(value: str) -> bool:
+    """Triton spells its boolean flags ``--flag=true``; a bare ``--flag`` is on."""
+    word = value.strip().lower()
+    if word not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return word in ("true", "1", "yes", "on")
 
 
 def _settings(args: argparse.Namespace) -> Any:
