@@ -6,11 +6,14 @@ outlives its unregistration until its last request lets go."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 
+from devtools.inprocess import settings_for
+from dlserve.cli import main
 from serving import shm as shared
 from serving.errors import (
     InvalidInput,
@@ -290,3 +293,25 @@ def test_parameters_are_checked(params: dict[str, object], fragment: str) -> Non
 def test_parameters_without_a_region() -> None:
     assert shared.parameters({"binary_data_size": 8}, "input 'x'") is None
     assert shared.parameters({shared.REGION: "r", shared.BYTE_SIZE: 8}, "x") == ("r", 0, 8)
+
+
+@pytest.mark.parametrize(
+    ("flags", "on"),
+    [
+        ([], False),
+        (["--allow-client-shm"], True),
+        (["--allow-client-shm=true"], True),
+        (["--allow-client-shm", "false"], False),
+    ],
+)
+def test_the_flag_is_off_by_default(tmp_path: Path, flags: list[str], on: bool) -> None:
+    settings, _ = settings_for(tmp_path, flags)
+    assert settings.allow_client_shm is on
+
+
+def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--model-repository", str(tmp_path), "--allow-client-shm=maybe"])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-client-shm" in err[0] and "true or false" in err[0]
