@@ -1,0 +1,94 @@
+"""System shared memory against tensors in the message: perf_analyzer on
+gRPC, batch 8, on a wide MLP (784 -> 1024 -> 1024 -> 10, random weights,
+seed 0), with ``--shared-memory=system`` and without, against one dlserve
+started with ``--allow-client-shm``. For each concurrency the two modes run
+back to back, ``--repeats`` times in alternation; printed per run:
+perf_analyzer's throughput and latencies, and the server's CPU time per
+request (from /proc, over the requests dlserve_requests_total counted).
+
+    .venv/bin/python -m benchmarks.shm [--concurrency 1,4] [--interval-ms 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from benchmarks.run import BIN, TICK, perf_env
+from devtools.onnx_models import config_text, mlp, write_model
+from devtools.serverproc import ServerProcess
+
+MODEL = "wide-mlp"
+BATCH = 8
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def requests(server: ServerProcess) -> int:
+    text = urllib.request.urlopen(f"{server.metrics_url}/metrics", timeout=10).read().decode()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("dlserve_requests_total{") and f'model="{MODEL}"' in line
+    )
+
+
+def run(server: ServerProcess, mode: str, concurrency: int, interval_ms: int) -> dict[str, float]:
+    assert server.proc is not None
+    with tempfile.NamedTemporaryFile(suffix=".csv") as f:
+        command = [str(BIN / "perf_analyzer"), "-m", MODEL, "-u", server.url, "-i", "grpc",
+                   "-b", str(BATCH), "--shared-memory", mode,
+                   "--concurrency-range", str(concurrency),
+                   "--measurement-interval", str(interval_ms),
+                   "--stability-percentage", "1000", "--max-trials", "3", "-f", f.name]  # fmt: skip
+        cpu, count = cpu_seconds(server.proc.pid), requests(server)
+        out = subprocess.run(command, capture_output=True, text=True, env=perf_env(), timeout=300)
+        cpu, count = cpu_seconds(server.proc.pid) - cpu, requests(server) - count
+        if out.returncode != 0:
+            raise SystemExit(f"perf_analyzer failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        row = list(csv.DictReader(open(f.name)))[0]
+    return {
+        "rps": float(row["Inferences/Second"]) / BATCH,
+        "p50_ms": float(row["p50 latency"]) / 1e3,
+        "p99_ms": float(row["p99 latency"]) / 1e3,
+        "cpu_us": cpu / max(count, 1) * 1e6,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,4", help="comma-separated levels")
+    parser.add_argument("--interval-ms", type=int, default=2000, help="measurement window")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode per level")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model(Path(tmp), MODEL, model=mlp(features=784, hidden=(1024, 1024), classes=10),
+                    config=config_text(MODEL, 784, 10, max_batch_size=256))  # fmt: skip
+        with ServerProcess(tmp, "--allow-client-shm", "--log-level", "WARNING") as server:
+            print(f"{MODEL}, batch {BATCH}, gRPC; requests/s (x{BATCH} rows), ms, server CPU")
+            print(f"{'c':>3} {'run':>3} {'shared memory':<14} {'req/s':>8} {'p50':>7} {'p99':>7}"
+                  f" {'CPU µs/req':>11}")  # fmt: skip
+            for c in (int(x) for x in args.concurrency.split(",")):
+                for repeat in range(args.repeats):
+                    got = {}
+                    for mode in ("none", "system"):
+                        r = got[mode] = run(server, mode, c, args.interval_ms)
+                        print(f"{c:>3} {repeat + 1:>3} {mode:<14} {r['rps']:8.1f} "
+                              f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
+                              f"{r['cpu_us']:11.0f}")  # fmt: skip
+                    ratio = got["system"]["rps"] / got["none"]["rps"]
+                    cpu = got["system"]["cpu_us"] / got["none"]["cpu_us"]
+                    print(f"{c:>3} {repeat + 1:>3} system/none    throughput {ratio:.2f}×, "
+                          f"p50 {got['system']['p50_ms'] / got['none']['p50_ms']:.2f}×, "
+                          f"server CPU/request {cpu:.2f}×")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
