@@ -283,13 +283,17 @@ class ShmRequest:
     __slots__ = ("registry", "held", "outputs")
 
     def __init__(self, registry: SharedMemoryRegistry) -> None:
+        """Cheap (one per infer request, most of which use no region): the
+        containers are made on first use."""
         self.registry = registry
-        self.held: list[Region] = []
+        self.held: list[Region] | None = None
         #: output name -> (region, start in its mapping, byte_size)
-        self.outputs: dict[str, tuple[Region, int, int]] = {}
+        self.outputs: dict[str, tuple[Region, int, int]] | None = None
 
     def _take(self, name: str) -> Region:
         region = self.registry.acquire(name)
+        if self.held is None:
+            self.held = []
         self.held.append(region)
         return region
 
@@ -319,13 +323,15 @@ class ShmRequest:
         region_name, offset, byte_size = where
         region = self._take(region_name)
         start = region.span(offset, byte_size, f"output {quoted(name)}")
+        if self.outputs is None:
+            self.outputs = {}
         self.outputs[name] = (region, start, byte_size)
 
     def write(self, tensor: Tensor, data: bytes | None = None) -> dict[str, Any] | None:
         """Write an output asked for in shared memory into its region; its
         parameters for the answer, or None when it was not asked for there.
         ``data``: the bytes already encoded (BYTES outputs)."""
-        target = self.outputs.get(tensor.name)
+        target = self.outputs.get(tensor.name) if self.outputs else None
         if target is None:
             return None
         region, start, byte_size = target
@@ -343,6 +349,7 @@ class ShmRequest:
         return {REGION: region.name, OFFSET: start - region.base, BYTE_SIZE: buffer.nbytes}
 
     def release(self) -> None:
-        held, self.held = self.held, []
-        for region in held:
-            self.registry.release(region)
+        held, self.held = self.held, None
+        if held:
+            for region in held:
+                self.registry.release(region)

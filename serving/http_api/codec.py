@@ -333,7 +333,7 @@ def encode_response(response: InferResponse, decoded: Decoded) -> tuple[bytes, i
     for t in response.outputs:
         raw = listed.get(t.name, default)
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
-        if shm is not None and t.name in shm.outputs:
+        if shm is not None and shm.outputs and t.name in shm.outputs:
             params = shm.write(t, encode_bytes(t.data) if t.datatype == "BYTES" else None)
             entry["parameters"] = params
         elif raw:
