@@ -154,6 +154,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(f"model repository {settings.model_repository} is not a folder")
     if args.load_model and settings.model_control_mode != "explicit":
         raise CliError("--load-model needs --model-control-mode explicit")
+    if args.workers > 1 and settings.allow_client_shm:
+        raise CliError("--allow-client-shm needs --workers 1: each worker has its own regions")
     _check_ports(settings)
 
     from serving.app import StartupError, serve

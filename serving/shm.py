@@ -58,6 +58,8 @@ REGION = "shared_memory_region"
 OFFSET = "shared_memory_offset"
 BYTE_SIZE = "shared_memory_byte_size"
 KEYS = frozenset({REGION, OFFSET, BYTE_SIZE})
+#: Regions registered at once (each holds a descriptor and a mapping).
+MAX_REGIONS = 256
 #: Longest key shm_open takes (NAME_MAX) and longest region name we keep.
 _KEY_MAX = 255
 _NAME_MAX = 255
@@ -77,16 +79,16 @@ class RegionStatus:
 
 
 class Region:
-    """One registered region: an open descriptor and a mapping of it."""
+    """One registered region: a mapping of its part of the object."""
 
-    __slots__ = ("name", "key", "offset", "byte_size", "fd", "map", "base", "users", "registered")
+    __slots__ = ("name", "key", "offset", "byte_size", "map", "base", "users", "registered")
 
     def __init__(self, name: str, key: str, offset: int, byte_size: int, fd: int) -> None:
+        """Maps ``fd`` (the mapping keeps a descriptor of its own)."""
         self.name = name
         self.key = key
         self.offset = offset
         self.byte_size = byte_size
-        self.fd = fd
         # mmap offsets are multiples of the allocation granularity: map from
         # the one below and remember where the region starts in the mapping.
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
@@ -101,7 +103,7 @@ class Region:
 
     def check_size(self) -> None:
         """The object still holds the region (a client may have shrunk it)."""
-        size = os.fstat(self.fd).st_size
+        size = self.map.size()  # fstat of the mapping's descriptor
         if size < self.offset + self.byte_size:
             raise SharedMemoryRangeError(
                 f"shared-memory region {quoted(self.name)}: its object {quoted(self.key)} "
@@ -128,7 +130,6 @@ class Region:
             self.map.close()
         except BufferError:  # a view is still alive: the mmap closes when it is collected
             pass
-        os.close(self.fd)
 
 
 class SharedMemoryRegistry:
@@ -149,6 +150,11 @@ class SharedMemoryRegistry:
             raise InvalidInput(
                 f"a shared-memory region needs a name of 1 to {_NAME_MAX} characters, "
                 f"got {quoted(name)}"
+            )
+        if len(self._regions) >= MAX_REGIONS:
+            raise InvalidInput(
+                f"{MAX_REGIONS} shared-memory regions are registered, the most this server "
+                "holds at once; unregister some first"
             )
         if name in self._regions:
             raise SharedMemoryExists(
@@ -175,9 +181,8 @@ class SharedMemoryRegistry:
                     f"({info.st_size} bytes)"
                 )
             region = Region(name, key, offset, byte_size, fd)
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
         self._regions[name] = region
 
     def unregister(self, name: str = "") -> None:

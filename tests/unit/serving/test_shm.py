@@ -5,6 +5,7 @@ outlives its unregistration until its last request lets go."""
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Iterator
@@ -122,6 +123,19 @@ def test_a_region_must_lie_inside_its_object(
     with pytest.raises(SharedMemoryRangeError, match=fragment):
         registry.register("r", key, offset, byte_size)
     assert registry.status() == []
+
+
+def test_the_number_of_regions_is_bounded(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    """Each region holds a descriptor: a client cannot exhaust the server's."""
+    key = objects.create(size=64)
+    for i in range(shared.MAX_REGIONS):
+        registry.register(f"r{i}", key, 0, 64)
+    with pytest.raises(InvalidInput, match=f"{shared.MAX_REGIONS} shared-memory regions"):
+        registry.register("one-more", key, 0, 64)
+    registry.unregister("r0")
+    registry.register("one-more", key, 0, 64)
 
 
 def test_off_refuses_everything_naming_the_flag(objects: ShmObjects) -> None:
@@ -315,3 +329,29 @@ def test_a_bad_flag_value_is_one_line(capsys: pytest.CaptureFixture[str], tmp_pa
     assert caught.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--allow-client-shm" in err[0] and "true or false" in err[0]
+
+
+def test_workers_and_shared_memory_do_not_mix(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Each worker process would hold regions of its own."""
+    code = main(["serve", "--model-repository", str(tmp_path), "--allow-client-shm",
+                 "--workers", "2"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "dlserve serve: error: --allow-client-shm needs --workers 1: each worker has its own "
+        "regions\n"
+    )
+
+
+def test_no_descriptor_outlives_its_region(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    key = objects.create(size=64)
+    before = len(os.listdir("/proc/self/fd"))
+    registry.register("r", key, 0, 64)
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # the mapping's own
+    with pytest.raises(SharedMemoryRangeError):
+        registry.register("s", key, 0, 65)  # a refused registration keeps none
+    registry.unregister()
+    assert len(os.listdir("/proc/self/fd")) == before
