@@ -2,17 +2,19 @@
 gRPC, batch 8, on a wide MLP (784 -> 1024 -> 1024 -> 10, random weights,
 seed 0), with ``--shared-memory=system`` and without, against one dlserve
 started with ``--allow-client-shm``. For each concurrency the two modes run
-back to back, ``--repeats`` times in alternation; printed per run:
-perf_analyzer's throughput and latencies, and the server's CPU time per
-request (from /proc, over the requests dlserve_requests_total counted).
+back to back, ``--repeats`` times in alternation (so a busy machine's drift
+hits both); printed per pair: perf_analyzer's throughput and latencies, and
+the server's CPU time per request (from /proc, over the requests
+dlserve_requests_total counted); then the median of each ratio.
 
-    .venv/bin/python -m benchmarks.shm [--concurrency 1,4] [--interval-ms 2000]
+    .venv/bin/python -m benchmarks.shm [--concurrency 1,4] [--interval-ms 2000] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import subprocess
 import tempfile
 import urllib.request
@@ -66,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,4", help="comma-separated levels")
     parser.add_argument("--interval-ms", type=int, default=2000, help="measurement window")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each mode per level")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each mode per level")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_model(Path(tmp), MODEL, model=mlp(features=784, hidden=(1024, 1024), classes=10),
@@ -75,7 +77,9 @@ def main() -> None:
             print(f"{MODEL}, batch {BATCH}, gRPC; requests/s (x{BATCH} rows), ms, server CPU")
             print(f"{'c':>3} {'run':>3} {'shared memory':<14} {'req/s':>8} {'p50':>7} {'p99':>7}"
                   f" {'CPU µs/req':>11}")  # fmt: skip
+            medians = []
             for c in (int(x) for x in args.concurrency.split(",")):
+                ratios: list[tuple[float, float, float]] = []
                 for repeat in range(args.repeats):
                     got = {}
                     for mode in ("none", "system"):
@@ -83,11 +87,13 @@ def main() -> None:
                         print(f"{c:>3} {repeat + 1:>3} {mode:<14} {r['rps']:8.1f} "
                               f"{r['p50_ms']:7.2f} {r['p99_ms']:7.2f} "
                               f"{r['cpu_us']:11.0f}")  # fmt: skip
-                    ratio = got["system"]["rps"] / got["none"]["rps"]
-                    cpu = got["system"]["cpu_us"] / got["none"]["cpu_us"]
-                    print(f"{c:>3} {repeat + 1:>3} system/none    throughput {ratio:.2f}×, "
-                          f"p50 {got['system']['p50_ms'] / got['none']['p50_ms']:.2f}×, "
-                          f"server CPU/request {cpu:.2f}×")  # fmt: skip
+                    ratios.append(tuple(got["system"][k] / got["none"][k]  # type: ignore[misc]
+                                        for k in ("rps", "p50_ms", "cpu_us")))  # fmt: skip
+                medians.append((c, *(statistics.median(r[i] for r in ratios) for i in range(3))))
+            print("system / none, medians over the pairs:")
+            for c, rps, p50, cpu in medians:
+                print(f"  c={c}: throughput {rps:.2f}×, p50 latency {p50:.2f}×, "
+                      f"server CPU per request {cpu:.2f}×")  # fmt: skip
 
 
 if __name__ == "__main__":
