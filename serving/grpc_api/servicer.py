@@ -175,7 +175,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             response = await self.service.infer(decoded, started, deadline)
             return codec.encode_response(response, shm)
-        except ServingError as exc:  # counted by the service (but shared-memory output)
+        except ServingError as exc:  # counted by the service; an output too big for its
+            # shared-memory region fails in encode, after it counted the answer
             await context.abort(to_status(exc), exc.message)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -16,6 +16,7 @@ import pytest
 from devtools.inprocess import settings_for
 from dlserve.cli import main
 from serving import shm as shared
+from serving._generated import grpc_service_pb2 as pb
 from serving.errors import (
     InvalidInput,
     SharedMemoryDisabled,
@@ -24,8 +25,10 @@ from serving.errors import (
     SharedMemoryNotFound,
     SharedMemoryRangeError,
 )
+from serving.grpc_api import codec as grpc_codec
+from serving.http_api import codec as http_codec
 from serving.shm import RegionStatus, SharedMemoryRegistry, ShmRequest
-from serving.tensors import Tensor
+from serving.tensors import InferResponse, Tensor
 from tests.unit.serving.shm_helpers import ShmObjects, shm_objects
 
 
@@ -355,3 +358,88 @@ def test_no_descriptor_outlives_its_region(
         registry.register("s", key, 0, 65)  # a refused registration keeps none
     registry.unregister()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+# --- the codecs' hooks ------------------------------------------------------------
+
+
+def _shm_input(msg: pb.ModelInferRequest, name: str, region: str, byte_size: int) -> None:
+    tensor = msg.inputs.add(name=name, datatype="FP32", shape=[byte_size // 4])
+    tensor.parameters[shared.REGION].string_param = region
+    tensor.parameters[shared.BYTE_SIZE].int64_param = byte_size
+
+
+def test_grpc_raw_entries_pair_with_the_inputs_not_in_shared_memory(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    registry.register("r", objects.create(FLOATS.tobytes(), size=64), 0, 64)
+    msg = pb.ModelInferRequest(model_name="m")
+    msg.inputs.add(name="first", datatype="FP32", shape=[2])
+    _shm_input(msg, "second", "r", 24)
+    msg.inputs.add(name="third", datatype="FP32", shape=[1])
+    msg.raw_input_contents.extend([np.float32([7, 8]).tobytes(), np.float32([9]).tobytes()])
+    request = ShmRequest(registry)
+    decoded = grpc_codec.decode_request(msg, request)
+    got = {t.name: t.data.tolist() for t in decoded.inputs}
+    assert got == {"first": [7, 8], "second": FLOATS.tolist(), "third": [9]}
+    msg.raw_input_contents.append(b"\0" * 4)
+    with pytest.raises(InvalidInput, match="has 3 entries for 2 inputs not in shared memory"):
+        grpc_codec.decode_request(msg, request)
+    del msg.raw_input_contents[1:]
+    with pytest.raises(InvalidInput, match="has 1 entries for 2 inputs not in shared memory"):
+        grpc_codec.decode_request(msg, request)
+    request.release()
+
+
+def test_grpc_an_input_in_shared_memory_with_contents_too(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    registry.register("r", objects.create(size=64), 0, 64)
+    msg = pb.ModelInferRequest(model_name="m")
+    _shm_input(msg, "x", "r", 8)
+    msg.inputs[0].contents.fp32_contents.extend([1.0, 2.0])
+    with pytest.raises(InvalidInput, match="in shared memory and has typed contents too"):
+        grpc_codec.decode_request(msg, ShmRequest(registry))
+    msg.inputs[0].ClearField("contents")
+    with pytest.raises(InvalidInput, match="not supported on this call"):
+        grpc_codec.decode_request(msg)  # a caller that holds no regions
+
+
+def test_grpc_an_output_in_shared_memory_is_answered_without_data(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    key = objects.create(size=64)
+    registry.register("r", key, 0, 64)
+    msg = pb.ModelInferRequest(model_name="m")
+    out = msg.outputs.add(name="y")
+    out.parameters[shared.REGION].string_param = "r"
+    out.parameters[shared.BYTE_SIZE].int64_param = 24
+    out.parameters[shared.OFFSET].int64_param = 16
+    msg.outputs.add(name="z")
+    request = ShmRequest(registry)
+    grpc_codec.decode_request(msg, request)
+    answer = InferResponse("m", "1", (Tensor("z", "FP32", (1,), FLOATS[:1]),
+                                      Tensor("y", "FP32", (6,), FLOATS)))  # fmt: skip
+    encoded = grpc_codec.encode_response(answer, request)
+    assert list(encoded.raw_output_contents) == [FLOATS[:1].tobytes(), b""]
+    y = encoded.outputs[1].parameters
+    assert (y[shared.REGION].string_param, y[shared.OFFSET].int64_param,
+            y[shared.BYTE_SIZE].int64_param) == ("r", 16, 24)  # fmt: skip
+    assert objects.read(key, 24, 16) == FLOATS.tobytes()
+    request.release()
+
+
+def test_http_an_input_in_shared_memory_with_data_too(
+    registry: SharedMemoryRegistry, objects: ShmObjects
+) -> None:
+    registry.register("r", objects.create(size=64), 0, 64)
+    params = {shared.REGION: "r", shared.BYTE_SIZE: 8}
+    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2],
+                          "parameters": params}]}  # fmt: skip
+    with pytest.raises(InvalidInput, match="in shared memory and has data or binary_data_size"):
+        http_codec.decode_request(header, memoryview(b""), "m", "", ShmRequest(registry))
+    del header["inputs"][0]["data"]
+    decoded = http_codec.decode_request(header, memoryview(b""), "m", "", ShmRequest(registry))
+    assert decoded.request.inputs[0].data.tolist() == [0, 0]
+    assert decoded.shm is not None
+    decoded.shm.release()
