@@ -73,7 +73,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         write_model(Path(tmp), MODEL, model=mlp(features=784, hidden=(1024, 1024), classes=10),
                     config=config_text(MODEL, 784, 10, max_batch_size=256))  # fmt: skip
-        with ServerProcess(tmp, "--allow-client-shm", "--log-level", "WARNING") as server:
+        with ServerProcess(tmp, "--allow-client-shm", "--log-level", "WARNING",
+                           allow_loop_stalls=True) as server:  # fmt: skip
             print(f"{MODEL}, batch {BATCH}, gRPC; requests/s (x{BATCH} rows), ms, server CPU")
             print(f"{'c':>3} {'run':>3} {'shared memory':<14} {'req/s':>8} {'p50':>7} {'p99':>7}"
                   f" {'CPU µs/req':>11}")  # fmt: skip

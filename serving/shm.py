@@ -111,17 +111,19 @@ class Region:
                 f"({self.offset + self.byte_size}); register it again"
             )
 
-    def span(self, offset: int, byte_size: int, what: str) -> int:
-        """Where ``[offset, offset + byte_size)`` of the region starts in the mapping."""
+    def span(self, offset: int, byte_size: int, kind: str, tensor: str) -> int:
+        """Where ``[offset, offset + byte_size)`` of the region starts in the
+        mapping; ``kind`` and ``tensor`` ("input", its name) for errors."""
         if offset > self.byte_size:
             raise SharedMemoryRangeError(
-                f"{what}: shared_memory_offset {offset} is past the end of region "
+                f"{_what(kind, tensor)}: shared_memory_offset {offset} is past the end of region "
                 f"{quoted(self.name)} ({self.byte_size} bytes)"
             )
         if offset + byte_size > self.byte_size:
             raise SharedMemoryRangeError(
-                f"{what}: shared_memory_offset {offset} + shared_memory_byte_size {byte_size} "
-                f"runs past the end of region {quoted(self.name)} ({self.byte_size} bytes)"
+                f"{_what(kind, tensor)}: shared_memory_offset {offset} + "
+                f"shared_memory_byte_size {byte_size} runs past the end of region "
+                f"{quoted(self.name)} ({self.byte_size} bytes)"
             )
         return self.base + offset
 
@@ -259,26 +261,41 @@ def _open(key: str, root: str) -> int:
         os.close(directory)
 
 
-def _int(params: Mapping[str, Any], key: str, what: str, default: int | None = None) -> int:
+def _what(kind: str, tensor: str) -> str:
+    """A tensor as messages name it ("input 'x'"), built only for an error."""
+    return f"{kind} {quoted(tensor)}"
+
+
+def _int(params: Mapping[str, Any], key: str, kind: str, tensor: str, default: int | None) -> int:
     value = params.get(key, default)
+    if type(value) is int and value >= 0:
+        return value
     if value is None:
-        raise InvalidInput(f"{what}: {REGION} needs {BYTE_SIZE} too (the tensor's bytes)")
-    if type(value) is not int or value < 0:
-        raise InvalidInput(f"{what}: {key} must be a whole number >= 0, got {value!r:.40}")
-    return value
+        raise InvalidInput(
+            f"{_what(kind, tensor)}: {REGION} needs {BYTE_SIZE} too (the tensor's bytes)"
+        )
+    raise InvalidInput(
+        f"{_what(kind, tensor)}: {key} must be a whole number >= 0, got {value!r:.40}"
+    )
 
 
-def parameters(params: Mapping[str, Any], what: str) -> tuple[str, int, int] | None:
+def parameters(params: Mapping[str, Any], kind: str, tensor: str) -> tuple[str, int, int] | None:
     """(region, offset, byte_size) of a tensor's parameters, or None when
-    they name no region."""
+    they name no region; ``kind`` and ``tensor`` ("input", its name) for errors."""
     region = params.get(REGION)
     if region is None:
         if BYTE_SIZE in params or OFFSET in params:
-            raise InvalidInput(f"{what}: {BYTE_SIZE} and {OFFSET} need {REGION} too")
+            raise InvalidInput(f"{_what(kind, tensor)}: {BYTE_SIZE} and {OFFSET} need {REGION} too")
         return None
     if type(region) is not str or not region:
-        raise InvalidInput(f"{what}: {REGION} must be a region name, got {region!r:.40}")
-    return region, _int(params, OFFSET, what, 0), _int(params, BYTE_SIZE, what)
+        raise InvalidInput(
+            f"{_what(kind, tensor)}: {REGION} must be a region name, got {region!r:.40}"
+        )
+    return (
+        region,
+        _int(params, OFFSET, kind, tensor, 0),
+        _int(params, BYTE_SIZE, kind, tensor, None),
+    )
 
 
 class ShmRequest:
@@ -307,9 +324,8 @@ class ShmRequest:
     ) -> Tensor:
         """The input as a numpy view of its region (no copy)."""
         region_name, offset, byte_size = where
-        what = f"input {quoted(name)}"
         region = self._take(region_name)
-        start = region.span(offset, byte_size, what)
+        start = region.span(offset, byte_size, "input", name)
         dtype = DTYPE_BY_DATATYPE[datatype]
         if datatype != "BYTES" and all(d > 0 for d in shape):
             count = 1
@@ -317,8 +333,9 @@ class ShmRequest:
                 count *= d
             if count * dtype.itemsize != byte_size:
                 raise SharedMemoryRangeError(
-                    f"{what} with shape {list(shape)} is {count * dtype.itemsize} bytes of "
-                    f"{datatype}, but its {BYTE_SIZE} is {byte_size}"
+                    f"input {quoted(name)} with shape {list(shape)} is "
+                    f"{count * dtype.itemsize} bytes of {datatype}, "
+                    f"but its {BYTE_SIZE} is {byte_size}"
                 )
         view = memoryview(region.map)[start : start + byte_size]
         return raw_tensor(name, datatype, shape, view, "shared memory")
@@ -327,7 +344,7 @@ class ShmRequest:
         """Ask for output ``name`` to be written into a region."""
         region_name, offset, byte_size = where
         region = self._take(region_name)
-        start = region.span(offset, byte_size, f"output {quoted(name)}")
+        start = region.span(offset, byte_size, "output", name)
         if self.outputs is None:
             self.outputs = {}
         self.outputs[name] = (region, start, byte_size)

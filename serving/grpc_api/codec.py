@@ -89,7 +89,7 @@ def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = No
             raise InvalidInput(f"input {quoted(name)} has rank {len(shape)}, over {_MAX_RANK}")
         has_typed = inp.HasField("contents")
         if inp.parameters:
-            where = _shm_parameters(inp.parameters, f"input {quoted(name)}")
+            where = _shm_parameters(inp.parameters, "input", name)
             if where is not None:
                 if has_typed:
                     raise InvalidInput(
@@ -158,7 +158,7 @@ def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = No
                         f"got {count}"
                     )
             if out.parameters:
-                where = _shm_parameters(out.parameters, f"output {quoted(out.name)}")
+                where = _shm_parameters(out.parameters, "output", out.name)
                 if where is not None:
                     _shm(shm).output(out.name, where)
             requested.append(RequestedOutput(out.name, count))
@@ -169,10 +169,11 @@ def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = No
     )
 
 
-def _shm_parameters(params: Any, what: str) -> tuple[str, int, int] | None:
-    if shared.KEYS.isdisjoint(params):
-        return None
-    return shared.parameters({k: _parameter(v) for k, v in params.items()}, what)
+def _shm_parameters(params: Any, kind: str, name: str) -> tuple[str, int, int] | None:
+    """The shared-memory parameters of a protobuf parameter map (lookups
+    only: iterating the map is slow)."""
+    values = {key: _parameter(params[key]) for key in shared.KEYS if key in params}
+    return shared.parameters(values, kind, name) if values else None
 
 
 def _shm(shm: shared.ShmRequest | None) -> shared.ShmRequest:

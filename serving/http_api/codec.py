@@ -171,7 +171,7 @@ def decode_request(
                 size = in_params["binary_data_size"]
                 if type(size) is not int or size < 0:
                     size = _size(size, f"input {quoted(name)} binary_data_size")
-            where = shared.parameters(in_params, f"input {quoted(name)}")
+            where = shared.parameters(in_params, "input", name)
             if where is not None:
                 if size is not None or "data" in inp:
                     raise InvalidInput(
@@ -250,7 +250,7 @@ def _outputs(
                     raise InvalidInput(
                         f"output {quoted(name)}: classification needs class_count >= 1, got {count}"
                     )
-            where = shared.parameters(params, f"output {quoted(name)}")
+            where = shared.parameters(params, "output", name)
             if where is not None:
                 _in_shm(shm).output(name, where)
         requested.append(RequestedOutput(name, count))

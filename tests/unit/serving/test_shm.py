@@ -304,12 +304,16 @@ def test_release_closes_the_mapping_once_unused(
 )
 def test_parameters_are_checked(params: dict[str, object], fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
-        shared.parameters(params, "input 'x'")
+        shared.parameters(params, "input", "x")
 
 
 def test_parameters_without_a_region() -> None:
-    assert shared.parameters({"binary_data_size": 8}, "input 'x'") is None
-    assert shared.parameters({shared.REGION: "r", shared.BYTE_SIZE: 8}, "x") == ("r", 0, 8)
+    assert shared.parameters({"binary_data_size": 8}, "input", "x") is None
+    assert shared.parameters({shared.REGION: "r", shared.BYTE_SIZE: 8}, "input", "x") == (
+        "r",
+        0,
+        8,
+    )
 
 
 @pytest.mark.parametrize(
