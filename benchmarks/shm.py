@@ -1,13 +1,17 @@
 """System shared memory against tensors in the message: perf_analyzer on
 gRPC, batch 8, on a wide MLP (784 -> 1024 -> 1024 -> 10, random weights,
-seed 0), with ``--shared-memory=system`` and without, against one dlserve
-started with ``--allow-client-shm``. For each concurrency the two modes run
+seed 0; other widths with --features/--hidden), with
+``--shared-memory=system`` and without, against one dlserve started with
+``--allow-client-shm``. For each concurrency the two modes run
 back to back, ``--repeats`` times in alternation (so a busy machine's drift
 hits both); printed per pair: perf_analyzer's throughput and latencies, and
 the server's CPU time per request (from /proc, over the requests
 dlserve_requests_total counted); then the median of each ratio.
 
     .venv/bin/python -m benchmarks.shm [--concurrency 1,4] [--interval-ms 2000] [--repeats 5]
+
+``--features 262144 --hidden 4`` measures a model whose input is 1 MiB a row
+(8 MiB a request) and whose compute is small: where the bytes dominate.
 """
 
 from __future__ import annotations
@@ -69,13 +73,17 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4", help="comma-separated levels")
     parser.add_argument("--interval-ms", type=int, default=2000, help="measurement window")
     parser.add_argument("--repeats", type=int, default=5, help="runs of each mode per level")
+    parser.add_argument("--features", type=int, default=784, help="input width")
+    parser.add_argument("--hidden", default="1024,1024", help="hidden layer widths")
     args = parser.parse_args()
+    hidden = tuple(int(h) for h in args.hidden.split(","))
     with tempfile.TemporaryDirectory() as tmp:
-        write_model(Path(tmp), MODEL, model=mlp(features=784, hidden=(1024, 1024), classes=10),
-                    config=config_text(MODEL, 784, 10, max_batch_size=256))  # fmt: skip
+        write_model(Path(tmp), MODEL, model=mlp(features=args.features, hidden=hidden, classes=10),
+                    config=config_text(MODEL, args.features, 10, max_batch_size=256))  # fmt: skip
         with ServerProcess(tmp, "--allow-client-shm", "--log-level", "WARNING",
                            allow_loop_stalls=True) as server:  # fmt: skip
-            print(f"{MODEL}, batch {BATCH}, gRPC; requests/s (x{BATCH} rows), ms, server CPU")
+            print(f"MLP {args.features}->{args.hidden}->10, batch {BATCH}, gRPC; "
+                  f"requests/s (x{BATCH} rows), ms, server CPU")  # fmt: skip
             print(f"{'c':>3} {'run':>3} {'shared memory':<14} {'req/s':>8} {'p50':>7} {'p99':>7}"
                   f" {'CPU µs/req':>11}")  # fmt: skip
             medians = []
