@@ -26,8 +26,9 @@ from serving.metrics import Metrics
 from serving.metrics_app import make_app
 from serving.response_cache import CacheCollector, ResponseCache
 from serving.runtime import both_onnxruntimes_installed
-from serving.service import InferenceService
+from serving.service import EXTENSIONS, SHM_EXTENSIONS, InferenceService
 from serving.settings import ServingSettings
+from serving.shm import SharedMemoryRegistry
 from serving.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,11 @@ class App:
             self.manager.on_retire = self.cache.forget
             if settings.metrics_enabled:
                 self.metrics.registry.register(CacheCollector(self.cache))
+        shm = settings.allow_client_shm
         self.service = InferenceService(
-            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes,
-            cache=self.cache,
+            self.manager, self.metrics, EXTENSIONS + SHM_EXTENSIONS if shm else EXTENSIONS,
+            max_response_bytes=settings.max_message_bytes, cache=self.cache,
+            shm=SharedMemoryRegistry(shm),
         )  # fmt: skip
         self.grpc: GrpcFrontend | None = None
         self.rest: HttpFrontend | None = None
@@ -188,6 +191,7 @@ class App:
             drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
         await self.manager.stop()
+        self.service.shm.close()
         if self._http is not None:
             self._http.stop()
         # A batch already inside onnxruntime cannot be interrupted: wait for it.

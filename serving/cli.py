@@ -19,7 +19,7 @@ _SETTINGS_FLAGS = (
     "max_queue_bytes",
     "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
-    "tls_key", "tls_client_ca", "log_level", "log_format", "cache_config",
+    "tls_key", "tls_client_ca", "log_level", "log_format", "cache_config", "allow_client_shm",
 )  # fmt: skip
 
 
@@ -75,6 +75,10 @@ def register(sub: Any) -> None:
         "--cache-config", metavar="local,size=N",
         help="response cache of N bytes for models with response_cache { enable: true }",
     )  # fmt: skip
+    p.add_argument(
+        "--allow-client-shm", nargs="?", const=True, type=_on_off, metavar="true|false",
+        help="let clients register system shared-memory regions (Triton's flag; default off)",
+    )  # fmt: skip
     p.add_argument("--log-level", metavar="LEVEL")
     p.add_argument("--log-format", choices=("text", "json"))
     p.set_defaults(func=run_serve)
@@ -122,6 +126,14 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run_bench)
 
 
+def _on_off(value: str) -> bool:
+    """Triton spells its boolean flags ``--flag=true``; a bare ``--flag`` is on."""
+    word = value.strip().lower()
+    if word not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return word in ("true", "1", "yes", "on")
+
+
 def _settings(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
@@ -146,6 +158,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(f"model repository {settings.model_repository} is not a folder")
     if args.load_model and settings.model_control_mode != "explicit":
         raise CliError("--load-model needs --model-control-mode explicit")
+    if args.workers > 1 and settings.allow_client_shm:
+        raise CliError("--allow-client-shm needs --workers 1: each worker has its own regions")
     _check_ports(settings)
 
     from serving.app import StartupError, serve

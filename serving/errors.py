@@ -8,12 +8,17 @@ transport maps a code name to its own status once (``grpc_api.status``).
 
     ServingError
     ├── InvalidInput            INVALID_ARGUMENT  bad name, datatype, shape, bytes, batch
+    │   ├── SharedMemoryKeyError                  a key that is no POSIX shm object in /dev/shm
+    │   └── SharedMemoryRangeError                bytes outside a region, or a tensor it cannot hold
+    ├── SharedMemoryNotFound    NOT_FOUND         no registered region of that name
+    ├── SharedMemoryExists      ALREADY_EXISTS    a region of that name is registered already
     ├── ModelNotFound           NOT_FOUND         unknown model or version
     ├── Unavailable             UNAVAILABLE       the model exists but cannot answer now
     │   ├── ModelNotReady                         failed load, unloaded, loading
     │   ├── QueueFull                             the model's bounded queue is full
     │   ├── QueueTimeout                          the request's deadline expired in the queue
-    │   └── ShuttingDown                          the server is draining
+    │   ├── ShuttingDown                          the server is draining
+    │   └── SharedMemoryDisabled                  --allow-client-shm is off
     ├── ResourceExhausted       RESOURCE_EXHAUSTED
     ├── Unauthenticated         UNAUTHENTICATED   missing or wrong bearer token
     ├── FailedPrecondition      FAILED_PRECONDITION  e.g. repository control is off
@@ -63,6 +68,27 @@ class ShuttingDown(Unavailable):
     """The server is draining and accepts no new work."""
 
 
+class SharedMemoryDisabled(Unavailable):
+    """Client shared memory is off (the server runs without --allow-client-shm)."""
+
+
+class SharedMemoryKeyError(InvalidInput):
+    """A region's key is not a POSIX shared-memory object under /dev/shm."""
+
+
+class SharedMemoryRangeError(InvalidInput):
+    """An offset or byte size outside a region (or its object), or a tensor
+    that does not fit the bytes given for it."""
+
+
+class SharedMemoryNotFound(ServingError):
+    """No shared-memory region of that name is registered."""
+
+
+class SharedMemoryExists(ServingError):
+    """A shared-memory region of that name is registered already."""
+
+
 class ResourceExhausted(ServingError):
     """A size limit was exceeded."""
 
@@ -92,6 +118,8 @@ CODE_BY_ERROR: dict[type[ServingError], str] = {
     ServingError: "INTERNAL",
     InvalidInput: "INVALID_ARGUMENT",
     ModelNotFound: "NOT_FOUND",
+    SharedMemoryNotFound: "NOT_FOUND",
+    SharedMemoryExists: "ALREADY_EXISTS",
     Unavailable: "UNAVAILABLE",
     ResourceExhausted: "RESOURCE_EXHAUSTED",
     Unauthenticated: "UNAUTHENTICATED",

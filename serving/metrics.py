@@ -101,7 +101,9 @@ class Metrics:
             ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
         )  # fmt: skip
         requests = ("dlserve_requests", "Inference requests answered, by gRPC status code name.")
-        inflight = ("dlserve_inflight_requests", "Inference requests received and not yet answered.")
+        inflight = (
+            "dlserve_inflight_requests", "Inference requests received and not yet answered."
+        )  # fmt: skip
         self.requests: Any
         self.inflight: Any
         if lockless:

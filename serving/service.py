@@ -26,6 +26,7 @@ from serving.outputs import outputs as _outputs
 from serving.recorder import failure_labels
 from serving.repository import datatype_of
 from serving.response_cache import ResponseCache
+from serving.shm import SharedMemoryRegistry
 from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
 from serving.versions import IndexEntry, LoadedVersion
@@ -39,6 +40,9 @@ EXTENSIONS = (
     "model_configuration",
     "statistics",
 )
+#: Listed too when clients may use shared memory (--allow-client-shm). Not
+#: cuda_shared_memory: CUDA regions cannot be registered here.
+SHM_EXTENSIONS = ("system_shared_memory",)
 #: Bytes of a response message left for everything but tensor data.
 RESPONSE_HEADROOM = 4096
 
@@ -108,6 +112,7 @@ class InferenceService:
         extensions: tuple[str, ...] = EXTENSIONS,
         max_response_bytes: int = 0,
         cache: ResponseCache | None = None,
+        shm: SharedMemoryRegistry | None = None,
     ) -> None:
         """``max_response_bytes``: answers whose tensor data is within 4 KiB of
         it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
@@ -119,6 +124,8 @@ class InferenceService:
         self._extensions = extensions
         self._cache = cache
         self._max_payload = max_response_bytes - RESPONSE_HEADROOM if max_response_bytes else 0
+        #: System shared-memory regions (serving.shm), shared by the transports.
+        self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
         #: Set by the composition root once every transport listens.
         self.ready = False
 

@@ -112,6 +112,11 @@ class ServingSettings(BaseSettings):
     tls_client_ca: Path | None = None
     """PEM CA bundle: when set, clients must present a certificate it signed (mTLS)."""
 
+    allow_client_shm: bool = False
+    """Let clients register system shared-memory regions (POSIX shm under
+    /dev/shm) and send tensors by reference; off: the shared-memory RPCs and
+    routes are refused, as with Triton's --allow-client-shm=false."""
+
     http_head_timeout_secs: float = Field(default=10.0, gt=0)
     """REST: seconds a request head may take to arrive; a late one is closed."""
 

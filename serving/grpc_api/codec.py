@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from serving import shm as shared
 from serving._generated import grpc_service_pb2 as pb
 from serving.datatypes import CONTENTS_FIELD, DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
@@ -58,14 +59,21 @@ def _parameter(param: pb.InferParameter) -> Any:
     return getattr(param, kind) if kind else None
 
 
-def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
+def _raw_count(raw: Any, inputs: Any, in_shm: int) -> InvalidInput:
+    return InvalidInput(
+        f"raw_input_contents has {len(raw)} entries for {len(inputs) - in_shm} inputs"
+        f"{' not in shared memory' if in_shm else ''}; send one raw entry per input, in order"
+    )
+
+
+def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = None) -> InferRequest:
+    """``shm``: where inputs and outputs in shared-memory regions are taken
+    from (None: such a request is refused)."""
     raw = msg.raw_input_contents
     inputs = msg.inputs
-    if raw and len(raw) != len(inputs):
-        raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; "
-            "send one raw entry per input, in order"
-        )
+    in_shm = 0  # inputs read from shared memory, which have no raw entry
+    if raw and len(raw) > len(inputs):
+        raise _raw_count(raw, inputs, in_shm)
     tensors = []
     for i, inp in enumerate(inputs):
         name = inp.name
@@ -80,13 +88,26 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         if len(shape) > _MAX_RANK:
             raise InvalidInput(f"input {quoted(name)} has rank {len(shape)}, over {_MAX_RANK}")
         has_typed = inp.HasField("contents")
+        if inp.parameters:
+            where = _shm_parameters(inp.parameters, "input", name)
+            if where is not None:
+                if has_typed:
+                    raise InvalidInput(
+                        f"input {quoted(name)} is in shared memory and has typed contents too; "
+                        "send one or the other"
+                    )
+                in_shm += 1
+                tensors.append(_shm(shm).input(name, datatype, shape, where))
+                continue
         if raw:
             if has_typed:
                 raise InvalidInput(
                     f"input {quoted(name)} has both typed contents and raw_input_contents; "
                     "send one or the other"
                 )
-            tensors.append(raw_tensor(name, datatype, shape, raw[i], "raw content"))
+            if i - in_shm >= len(raw):
+                raise _raw_count(raw, inputs, in_shm)
+            tensors.append(raw_tensor(name, datatype, shape, raw[i - in_shm], "raw content"))
             continue
         if not has_typed:
             raise InvalidInput(
@@ -115,6 +136,8 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
         else:
             data = np.array(values, dtype=dtype)
         tensors.append(Tensor(name, datatype, shape, data, False))
+    if raw and len(raw) != len(inputs) - in_shm:
+        raise _raw_count(raw, inputs, in_shm)
 
     outputs: tuple[RequestedOutput, ...] = ()
     if msg.outputs:
@@ -134,12 +157,29 @@ def decode_request(msg: pb.ModelInferRequest) -> InferRequest:
                         f"output {quoted(out.name)}: classification needs class_count >= 1, "
                         f"got {count}"
                     )
+            if out.parameters:
+                where = _shm_parameters(out.parameters, "output", out.name)
+                if where is not None:
+                    _shm(shm).output(out.name, where)
             requested.append(RequestedOutput(out.name, count))
         outputs = tuple(requested)
     parameters = {k: _parameter(v) for k, v in msg.parameters.items()} if msg.parameters else {}
     return InferRequest(
         msg.model_name, msg.model_version, tuple(tensors), outputs, msg.id, parameters
     )
+
+
+def _shm_parameters(params: Any, kind: str, name: str) -> tuple[str, int, int] | None:
+    """The shared-memory parameters of a protobuf parameter map (lookups
+    only: iterating the map is slow)."""
+    values = {key: _parameter(params[key]) for key in shared.KEYS if key in params}
+    return shared.parameters(values, kind, name) if values else None
+
+
+def _shm(shm: shared.ShmRequest | None) -> shared.ShmRequest:
+    if shm is None:
+        raise InvalidInput("shared-memory tensors are not supported on this call; use ModelInfer")
+    return shm
 
 
 #: Serialized ``outputs`` metadata by (name, datatype, shape) of every
@@ -150,10 +190,15 @@ _LAYOUTS: dict[tuple[tuple[str, str, tuple[int, ...]], ...], bytes] = {}
 _MAX_LAYOUTS = 1024
 
 
-def encode_response(response: InferResponse) -> pb.ModelInferResponse:
+def encode_response(
+    response: InferResponse, shm: shared.ShmRequest | None = None
+) -> pb.ModelInferResponse:
     """The response message. The output metadata is merged from its
     serialized form, kept per layout (timeit here, three outputs: 4.0 µs
-    against 8.8 µs for building every ``InferOutputTensor`` each time)."""
+    against 8.8 µs for building every ``InferOutputTensor`` each time).
+    ``shm``: outputs asked for in shared memory are written there instead."""
+    if shm is not None and shm.outputs:
+        return _encode_with_shm(response, shm)
     tensors = response.outputs
     key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
     layout = _LAYOUTS.get(key)
@@ -173,3 +218,32 @@ def encode_response(response: InferResponse) -> pb.ModelInferResponse:
     )
     message.MergeFromString(layout)
     return message
+
+
+def _encode_with_shm(response: InferResponse, shm: shared.ShmRequest) -> pb.ModelInferResponse:
+    """Outputs asked for in shared memory are written there and answered with
+    their region's parameters and an empty raw entry (raw entries pair with
+    outputs by position, as in Triton)."""
+    outputs = []
+    raw = []
+    for t in response.outputs:
+        data = encode_bytes(t.data) if t.datatype == "BYTES" else None
+        params = shm.write(t, data)
+        out = _InferOutput(name=t.name, datatype=t.datatype, shape=t.shape)
+        if params is not None:
+            for key, value in params.items():
+                if type(value) is str:
+                    out.parameters[key].string_param = value
+                else:
+                    out.parameters[key].int64_param = value
+            raw.append(b"")
+        else:
+            raw.append(data if data is not None else t.data.tobytes())
+        outputs.append(out)
+    return pb.ModelInferResponse(
+        model_name=response.model_name,
+        model_version=response.model_version,
+        id=response.id,
+        outputs=outputs,
+        raw_output_contents=raw,
+    )

@@ -18,9 +18,10 @@ from google.protobuf.message import DecodeError
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import ServingError
-from serving.grpc_api import codec
+from serving.grpc_api import codec, shm_rpcs
 from serving.grpc_api.status import to_status
 from serving.service import InferenceService, Pending
+from serving.shm import ShmRequest
 from serving.stats import VersionStatistics
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,20 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         """Registered with no request deserializer (``RAW_REQUEST_METHODS``):
         the body is parsed here, so a body that is not a message is a clean
-        INVALID_ARGUMENT without a wrapper on the hot path."""
+        INVALID_ARGUMENT without a wrapper on the hot path. The shared-memory
+        regions the request uses are held until its answer is written."""
+        shm = ShmRequest(self.service.shm)
+        try:
+            return await self._infer(request, context, shm)
+        finally:
+            shm.release()
+
+    async def _infer(
+        self,
+        request: pb.ModelInferRequest | bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        shm: ShmRequest,
+    ) -> pb.ModelInferResponse:
         started = _now()
         if type(request) is bytes:
             try:
@@ -153,16 +167,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 )
         assert isinstance(request, pb.ModelInferRequest)
         try:
-            decoded = codec.decode_request(request)
+            decoded = codec.decode_request(request, shm)
         except Exception as exc:
             await self._refuse(request, exc, context)
         remaining = context.time_remaining()
         deadline = started + remaining if remaining is not None else None
         try:
             response = await self.service.infer(decoded, started, deadline)
-        except ServingError as exc:  # counted by the service
+            return codec.encode_response(response, shm)
+        except ServingError as exc:  # counted by the service; an output too big for its
+            # shared-memory region fails in encode, after it counted the answer
             await context.abort(to_status(exc), exc.message)
-        return codec.encode_response(response)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _refuse(
         self, request: pb.ModelInferRequest, exc: Exception, context: Any
@@ -215,15 +231,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             logger.error("ModelStreamInfer request failed", exc_info=exc)
             return _stream_error(head, "internal error (see the server log)")
 
-        def done(pending: Pending, head: tuple[str, str, str]) -> None:
+        def done(pending: Pending, head: tuple[str, str, str], shm: ShmRequest) -> None:
             try:
-                response = codec.encode_response(service.finish(pending))
+                response = codec.encode_response(service.finish(pending), shm)
             except asyncio.CancelledError:
                 answer(None)  # the stream is gone
                 return
             except Exception as exc:
                 answer(fail(head, exc))
                 return
+            finally:
+                shm.release()
             size = 0
             for content in response.raw_output_contents:
                 size += len(content)
@@ -244,20 +262,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     unsent += 1
                     # Keep only what an answer needs, never the whole message.
                     head = (request.model_name, request.model_version, request.id)
+                    shm = ShmRequest(service.shm)
                     try:
-                        decoded = codec.decode_request(request)
+                        decoded = codec.decode_request(request, shm)
                     except Exception as exc:  # never reaches the service: counted here
+                        shm.release()
                         service.record_failure(head[0], head[1], exc)
                         answer(fail(head, exc))
                         continue
                     try:
                         pending = service.begin(decoded, _now())
                     except Exception as exc:  # counted by the service
+                        shm.release()
                         answer(fail(head, exc))
                         continue
                     del request
                     pending.future.add_done_callback(
-                        lambda _, p=pending, h=head: done(p, h)  # type: ignore[misc]
+                        lambda _, p=pending, h=head, m=shm: done(p, h, m)  # type: ignore[misc]
                     )
             finally:
                 reading = False
@@ -281,6 +302,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             reader.cancel()
 
+    # -- shared memory (serving.grpc_api.shm_rpcs) ----------------------------
+
+    SystemSharedMemoryStatus = _rpc(shm_rpcs.system_status)  # type: ignore[assignment]
+    SystemSharedMemoryRegister = _rpc(shm_rpcs.system_register)  # type: ignore[assignment]
+    SystemSharedMemoryUnregister = _rpc(shm_rpcs.system_unregister)  # type: ignore[assignment]
+    CudaSharedMemoryStatus = _rpc(shm_rpcs.cuda_status)  # type: ignore[assignment]
+    CudaSharedMemoryRegister = _rpc(shm_rpcs.cuda_register)  # type: ignore[assignment]
+    CudaSharedMemoryUnregister = _rpc(shm_rpcs.cuda_unregister)  # type: ignore[assignment]
+
     # -- protocol features this server does not offer ------------------------
 
     async def _unimplemented(
@@ -288,14 +318,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
-            "dlserve does not implement shared-memory, trace or log-settings RPCs; "
-            "send tensors in the request (raw_input_contents)",
+            "dlserve does not implement trace or log-settings RPCs",
         )
 
-    SystemSharedMemoryStatus = SystemSharedMemoryRegister = SystemSharedMemoryUnregister = (
-        _unimplemented
-    )
-    CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
     TraceSetting = LogSettings = _unimplemented
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from serving import shm as shared
 from serving.datatypes import DTYPE_BY_DATATYPE
 from serving.errors import InvalidInput
 from serving.grpc_api.codec import encode_bytes
@@ -41,10 +42,18 @@ _NUMPY_JSON = orjson.OPT_SERIALIZE_NUMPY
 class Decoded:
     """An InferRequest and how its answer is to be encoded."""
 
-    __slots__ = ("request", "binary", "binary_default")
+    __slots__ = ("request", "binary", "binary_default", "shm")
 
-    def __init__(self, request: InferRequest, binary: dict[str, bool], binary_default: bool):
+    def __init__(
+        self,
+        request: InferRequest,
+        binary: dict[str, bool],
+        binary_default: bool,
+        shm: shared.ShmRequest | None = None,
+    ):
         self.request = request
+        #: the shared-memory regions of its inputs and outputs
+        self.shm = shm
         #: output name -> raw (True) or JSON (False), for the outputs listed
         self.binary = binary
         #: for the outputs not listed
@@ -109,8 +118,15 @@ def parse_header(data: bytes | memoryview) -> dict[str, Any]:
     return json_object(header, "the request body")
 
 
-def decode_request(header: dict[str, Any], binary: memoryview, model: str, version: str) -> Decoded:
-    """``header``: the parsed JSON; ``binary``: the bytes after it (may be empty)."""
+def decode_request(
+    header: dict[str, Any],
+    binary: memoryview,
+    model: str,
+    version: str,
+    shm: shared.ShmRequest | None = None,
+) -> Decoded:
+    """``header``: the parsed JSON; ``binary``: the bytes after it (may be
+    empty); ``shm``: where shared-memory inputs and outputs are taken from."""
     request_id = _string(header.get("id"), "'id'")
     params = header.get("parameters")
     parameters: dict[str, Any] = {}
@@ -155,6 +171,15 @@ def decode_request(header: dict[str, Any], binary: memoryview, model: str, versi
                 size = in_params["binary_data_size"]
                 if type(size) is not int or size < 0:
                     size = _size(size, f"input {quoted(name)} binary_data_size")
+            where = shared.parameters(in_params, "input", name)
+            if where is not None:
+                if size is not None or "data" in inp:
+                    raise InvalidInput(
+                        f"input {quoted(name)} is in shared memory and has data or "
+                        "binary_data_size too; send one of them"
+                    )
+                tensors.append(_in_shm(shm).input(name, datatype, shape, where))
+                continue
         if size is not None:
             if "data" in inp:
                 raise InvalidInput(
@@ -182,13 +207,19 @@ def decode_request(header: dict[str, Any], binary: memoryview, model: str, versi
             f"the inputs' binary_data_size add up to {offset} bytes, but {total} bytes "
             "follow the JSON header (Inference-Header-Content-Length)"
         )
-    outputs, listed = _outputs(header.get("outputs"), binary_default)
+    outputs, listed = _outputs(header.get("outputs"), binary_default, shm)
     request = InferRequest(model, version, tuple(tensors), outputs, request_id, parameters)
-    return Decoded(request, listed, binary_default)
+    return Decoded(request, listed, binary_default, shm)
+
+
+def _in_shm(shm: shared.ShmRequest | None) -> shared.ShmRequest:
+    if shm is None:
+        raise InvalidInput("shared-memory tensors are not supported on this call")
+    return shm
 
 
 def _outputs(
-    value: Any, binary_default: bool
+    value: Any, binary_default: bool, shm: shared.ShmRequest | None
 ) -> tuple[tuple[RequestedOutput, ...], dict[str, bool]]:
     if value is None:
         return (), {}
@@ -219,6 +250,9 @@ def _outputs(
                     raise InvalidInput(
                         f"output {quoted(name)}: classification needs class_count >= 1, got {count}"
                     )
+            where = shared.parameters(params, "output", name)
+            if where is not None:
+                _in_shm(shm).output(name, where)
         requested.append(RequestedOutput(name, count))
         listed[name] = raw
     return tuple(requested), listed
@@ -295,10 +329,14 @@ def encode_response(response: InferResponse, decoded: Decoded) -> tuple[bytes, i
     chunks: list[bytes] = []
     listed = decoded.binary
     default = decoded.binary_default
+    shm = decoded.shm
     for t in response.outputs:
         raw = listed.get(t.name, default)
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": t.shape}
-        if raw:
+        if shm is not None and shm.outputs and t.name in shm.outputs:
+            params = shm.write(t, encode_bytes(t.data) if t.datatype == "BYTES" else None)
+            entry["parameters"] = params
+        elif raw:
             data = encode_bytes(t.data) if t.datatype == "BYTES" else t.data.tobytes()
             entry["parameters"] = {"binary_data_size": len(data)}
             chunks.append(data)

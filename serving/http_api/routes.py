@@ -19,8 +19,9 @@ import orjson
 
 from serving.bearer import expected_digest, token_matches
 from serving.errors import InvalidInput, ServingError, ShuttingDown, Unauthenticated, code_name
-from serving.http_api import codec, views
+from serving.http_api import codec, shm_routes, views
 from serving.service import InferenceService
+from serving.shm import ShmRequest
 
 logger = logging.getLogger(__name__)
 _now = time.perf_counter
@@ -36,6 +37,7 @@ STATUS_BY_CODE = {
     "FAILED_PRECONDITION": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 400,
     "RESOURCE_EXHAUSTED": 413,
     "INTERNAL": 500,
     "CANCELLED": 500,
@@ -47,7 +49,7 @@ EXTENSIONS = ("binary_tensor_data",)
 AUTH_MESSAGE = "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
 _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
-_UNIMPLEMENTED_ROOTS = frozenset({"systemsharedmemory", "cudasharedmemory", "logging", "trace"})
+_UNIMPLEMENTED_ROOTS = frozenset({"logging", "trace"})
 
 
 class HttpError(Exception):
@@ -108,6 +110,8 @@ class RestApp:
             extra = [(b"content-type", _JSON), *extra]
         except ServingError as exc:
             status, body, extra = STATUS_BY_CODE.get(code_name(exc), 500), _error(exc.message), []
+            if isinstance(exc, shm_routes.SharedMemoryDisabled):
+                status = 400  # Triton's HTTP answer to --allow-client-shm=false
             extra = [(b"content-type", _JSON)]
             if status == 401:
                 extra.append((b"www-authenticate", b"Bearer"))
@@ -165,11 +169,14 @@ class RestApp:
                 else:
                     await service.unload_model(rest[2])
                 return 200, b"", []
+        call = shm_routes.route(rest, method, _allow) if rest[0] in shm_routes.ROOTS else None
+        if call is not None:  # shared memory (None: no such path, the 404 below)
+            body = await self._json_body(request) if call[1] == "register" else None
+            result = shm_routes.answer(service.shm, call, body)
+            return (200, b"", []) if result is None else _json(result)
         if rest[0] in _UNIMPLEMENTED_ROOTS:
             raise HttpError(
-                501,
-                f"dlserve does not implement {_shown(scope)} (shared memory, trace and log "
-                "settings); send tensors in the request body",
+                501, f"dlserve does not implement {_shown(scope)} (trace and log settings)"
             )
         raise HttpError(404, f"no such path {_shown(scope)}")
 
@@ -212,6 +219,13 @@ class RestApp:
     # -- inference -----------------------------------------------------------
 
     async def _infer(self, name: str, version: str, request: Request) -> Reply:
+        shm = ShmRequest(self.service.shm)  # its regions, held until the answer is written
+        try:
+            return await self._run(name, version, request, shm)
+        finally:
+            shm.release()
+
+    async def _run(self, name: str, version: str, request: Request, shm: ShmRequest) -> Reply:
         service = self.service
         body = await self._body(request)
         try:
@@ -222,7 +236,7 @@ class RestApp:
                 size = _header_length(head_len, len(body))
                 view = memoryview(body)
                 header, binary = codec.parse_header(view[:size]), view[size:]
-            decoded = codec.decode_request(header, binary, name, version)
+            decoded = codec.decode_request(header, binary, name, version, shm)
         except ServingError as exc:  # never reaches the service: counted here
             service.record_failure(name, version, exc)
             raise

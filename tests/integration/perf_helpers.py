@@ -1,10 +1,10 @@
-"""Finding NVIDIA's perf_analyzer (from the tritonclient wheel) and the
-environment it starts in: Debian's libb64-0d and libcudart.so.12 from the pip
-package nvidia-cuda-runtime-cu12. Missing pieces skip the calling test
-locally and fail it under DLSERVE_REQUIRE_SYSTEM_TOOLS=1 (CI).
+"""Finding NVIDIA's perf_analyzer (from the tritonclient 2.41.0 wheel) and
+the environment it starts in, for the tests that run it.
 
-(The same steps as the fixture of test_perf_analyzer.py, which could use
-this module too.)"""
+The binary needs Debian's libb64-0d and libcudart.so.12 from the pip package
+nvidia-cuda-runtime-cu12. Missing pieces skip the test locally and fail it
+under DLSERVE_REQUIRE_SYSTEM_TOOLS=1 (CI).
+"""
 
 from __future__ import annotations
 
@@ -16,12 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.support import REQUIRE_SYSTEM_TOOLS, require_binary
-
-
-def _unavailable(message: str) -> None:
-    if REQUIRE_SYSTEM_TOOLS:
-        pytest.fail(f"{message}, but DLSERVE_REQUIRE_SYSTEM_TOOLS=1 (.ci/run must install it)")
-    pytest.skip(message)
 
 
 def _cuda_runtime_lib() -> str | None:
@@ -36,8 +30,15 @@ def _cuda_runtime_lib() -> str | None:
     return None
 
 
+def _unavailable(message: str) -> None:
+    if REQUIRE_SYSTEM_TOOLS:
+        pytest.fail(f"{message}, but DLSERVE_REQUIRE_SYSTEM_TOOLS=1 (.ci/run must install it)")
+    pytest.skip(message)
+
+
 def find_perf_analyzer() -> tuple[str, dict[str, str]]:
-    """The binary and the environment it runs in, once it is known to start."""
+    """The binary and the environment it runs in, once it is known to start
+    (skips, or fails in CI, when it cannot)."""
     binary = require_binary("perf_analyzer", str(Path(sys.executable).parent / "perf_analyzer"))
     lib = _cuda_runtime_lib()
     if lib is None:

@@ -126,8 +126,9 @@ def test_repository_index(api: Http) -> None:
         ("POST", "/v2/models/classifier/infer", json.dumps(infer_body([[1.0, 2.0, 3.0]])), 400,
          "input"),
         ("POST", "/v2/repository/models/classifier/load", "", 400, "explicit"),
-        ("GET", "/v2/systemsharedmemory/status", None, 501, "shared"),
-        ("POST", "/v2/cudasharedmemory/region/x/register", "{}", 501, "shared"),
+        ("GET", "/v2/systemsharedmemory/status", None, 400, "--allow-client-shm"),
+        ("POST", "/v2/cudasharedmemory/region/x/register", "{}", 400, "--allow-client-shm"),
+        ("GET", "/v2/trace/setting", None, 501, "trace"),
     ],
 )  # fmt: skip
 def test_error_statuses(

@@ -293,7 +293,8 @@ def test_response_layouts_are_kept_apart_by_name_datatype_and_shape() -> None:
     ]  # fmt: skip
     for name, datatype, shape in variants * 2:
         array = sample(datatype).reshape(shape)
-        msg = codec.encode_response(InferResponse("m", "1", (Tensor(name, datatype, shape, array),)))
+        response = InferResponse("m", "1", (Tensor(name, datatype, shape, array),))
+        msg = codec.encode_response(response)
         wire = triton_pb.ModelInferResponse.FromString(msg.SerializeToString())
         assert [(o.name, o.datatype, list(o.shape)) for o in wire.outputs] == [
             (name, datatype, list(shape))

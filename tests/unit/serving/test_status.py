@@ -21,7 +21,10 @@ def _subclasses(cls: type[ServingError]) -> list[type[ServingError]]:
 
 
 #: Subclasses that deliberately inherit their parent's code.
-INHERITS = {errors.ModelNotReady, errors.QueueFull, errors.QueueTimeout, errors.ShuttingDown}
+INHERITS = {
+    errors.ModelNotReady, errors.QueueFull, errors.QueueTimeout, errors.ShuttingDown,
+    errors.SharedMemoryDisabled, errors.SharedMemoryKeyError, errors.SharedMemoryRangeError,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", _subclasses(ServingError), ids=lambda c: c.__name__)
