@@ -15,18 +15,21 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from serving import trace_settings
 from serving.credentials import CredentialError, load_credentials
 from serving.errors import ServingError
 from serving.grpc_api.server import GrpcFrontend
 from serving.http_api.server import HttpFrontend
 from serving.http_server import MetricsHttpServer
 from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
+from serving.log_settings import LogSettings
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.metrics_app import make_app
 from serving.runtime import both_onnxruntimes_installed
 from serving.service import InferenceService
 from serving.settings import ServingSettings
+from serving.tracing import Tracing
 from serving.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -71,9 +74,12 @@ class App:
         )
         loader = VersionLoader(settings, self.metrics, self.executor, runtime_factory)
         self.manager = ModelManager(settings, loader, self.metrics)
+        tracing = Tracing(trace_settings.parse(settings.trace_config),
+                          self.manager.known_versions, self.metrics.registry)  # fmt: skip
         self.service = InferenceService(
-            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes
-        )
+            self.manager, self.metrics, max_response_bytes=settings.max_message_bytes,
+            tracing=tracing, logs=LogSettings(settings.log_level, settings.log_format),
+        )  # fmt: skip
         self.grpc: GrpcFrontend | None = None
         self.rest: HttpFrontend | None = None
         self._http: MetricsHttpServer | None = None
@@ -181,6 +187,7 @@ class App:
             drain.cancel()
         await asyncio.gather(drain, return_exceptions=True)
         await self.manager.stop()
+        await self.service.tracing.shutdown()
         if self._http is not None:
             self._http.stop()
         # A batch already inside onnxruntime cannot be interrupted: wait for it.

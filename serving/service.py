@@ -19,6 +19,7 @@ from dlserve import __version__
 from serving._generated import model_config_pb2 as mc
 from serving.batch_jobs import BatchResult
 from serving.errors import InvalidInput, ResourceExhausted, ServingError, code_name
+from serving.log_settings import LogSettings
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.outputs import outputs as _outputs
@@ -26,6 +27,7 @@ from serving.recorder import failure_labels
 from serving.repository import datatype_of
 from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.tracing import RequestTrace, Tracing, disabled
 from serving.versions import IndexEntry, LoadedVersion
 
 _now = time.perf_counter
@@ -36,6 +38,8 @@ EXTENSIONS = (
     "schedule_policy",
     "model_configuration",
     "statistics",
+    "trace",
+    "logging",
 )
 #: Bytes of a response message left for everything but tensor data.
 RESPONSE_HEADROOM = 4096
@@ -54,6 +58,7 @@ class Pending:
     started: float
     prep: float
     future: asyncio.Future[BatchResult]
+    trace: RequestTrace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +105,8 @@ class InferenceService:
         metrics: Metrics,
         extensions: tuple[str, ...] = EXTENSIONS,
         max_response_bytes: int = 0,
+        tracing: Tracing | None = None,
+        logs: LogSettings | None = None,
     ) -> None:
         """``max_response_bytes``: answers whose tensor data is within 4 KiB of
         it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
@@ -111,6 +118,11 @@ class InferenceService:
         self._max_payload = max_response_bytes - RESPONSE_HEADROOM if max_response_bytes else 0
         #: Set by the composition root once every transport listens.
         self.ready = False
+        #: Trace settings and sampling (the trace extension); ``tracing.on``
+        #: is the transports' one check per request.
+        self.tracing = tracing if tracing is not None else disabled()
+        #: Log settings at run time (the logging extension).
+        self.logs = logs if logs is not None else LogSettings()
 
     # -- health and metadata -------------------------------------------------
 
@@ -177,11 +189,16 @@ class InferenceService:
     # -- inference -----------------------------------------------------------
 
     async def infer(
-        self, request: InferRequest, started: float, deadline: float | None = None
+        self,
+        request: InferRequest,
+        started: float,
+        deadline: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> InferResponse:
         """``started`` is when the transport received the request (perf_counter
-        seconds); ``deadline`` the perf_counter time after which it is dropped."""
-        pending = self.begin(request, started, deadline)
+        seconds); ``deadline`` the perf_counter time after which it is dropped;
+        ``trace`` its trace when sampled (the transport ends it once encoded)."""
+        pending = self.begin(request, started, deadline, trace)
         try:
             await pending.future
         except BaseException:
@@ -190,7 +207,11 @@ class InferenceService:
         return self.finish(pending)
 
     def begin(
-        self, request: InferRequest, started: float, deadline: float | None = None
+        self,
+        request: InferRequest,
+        started: float,
+        deadline: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> Pending:
         """Look up, validate and queue; raises ServingError for a bad request.
         The ``priority`` and ``timeout`` (microseconds) request parameters
@@ -199,6 +220,8 @@ class InferenceService:
             loaded = self._table.get(request.model_name, request.model_version)
         except ServingError as exc:
             self.record_failure(request.model_name, request.model_version, exc)
+            if trace is not None:
+                trace.fail(exc)
             raise
         try:
             priority = timeout = 0
@@ -208,13 +231,17 @@ class InferenceService:
             if request.outputs:
                 signature.check_outputs(request.outputs)
             feeds, rows = signature.validate(request.inputs)
+            if trace is not None:
+                trace.enqueued = _now()
             future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))
+            if trace is not None:
+                trace.fail(exc, loaded.version_str)
             raise
         loaded.recorder.started()
         return Pending(loaded, request.model_name, request.id, request.outputs, rows, started,
-                       _now() - started, future)  # fmt: skip
+                       _now() - started, future, trace)  # fmt: skip
 
     def finish(self, pending: Pending) -> InferResponse:
         """The response of a request whose future is done (raises its error)."""
@@ -223,6 +250,8 @@ class InferenceService:
         if future.cancelled() or future.exception() is not None:
             exc = asyncio.CancelledError() if future.cancelled() else future.exception()
             loaded.recorder.failure(code_name(exc), _now() - pending.started)  # type: ignore[arg-type]
+            if pending.trace is not None:
+                pending.trace.fail(exc, loaded.version_str)  # type: ignore[arg-type]
             future.result()  # raises the ServingError (or CancelledError)
         result = future.result()
         post_start = _now()
@@ -232,11 +261,16 @@ class InferenceService:
                 _check_size(outputs, self._max_payload)
             except ServingError as exc:
                 loaded.recorder.failure(code_name(exc), _now() - pending.started)
+                if pending.trace is not None:
+                    pending.trace.fail(exc, loaded.version_str)
                 raise
         done = _now()
+        trace = pending.trace
+        if trace is not None:
+            trace.computed(loaded.version_str, pending.rows, result, post_start)
         loaded.recorder.success(
             pending.rows, done - pending.started, pending.prep, result.queue_seconds,
-            result.compute_seconds, done - post_start,
+            result.compute_seconds, done - post_start, trace.trace_id if trace else None,
         )  # fmt: skip
         return InferResponse(pending.model_name, loaded.version_str, outputs, pending.request_id)
 

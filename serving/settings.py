@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -125,6 +125,18 @@ class ServingSettings(BaseSettings):
 
     log_format: Literal["text", "json"] = "text"
     """text for terminals, json (one object a line) for containers."""
+
+    trace_config: list[str] = []
+    """--trace-config entries in Triton's spelling (serving.trace_settings):
+    mode=opentelemetry, level=TIMESTAMPS, rate=N, count=N, opentelemetry,url=URL, ..."""
+
+    @field_validator("trace_config")
+    @classmethod
+    def _trace_config(cls, entries: list[str]) -> list[str]:
+        from serving.trace_settings import parse
+
+        parse(entries)  # ValueError with the reason
+        return entries
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServingSettings":

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import ServingError
-from serving.grpc_api import codec
+from serving.grpc_api import codec, settings_rpc
 from serving.grpc_api.status import to_status
 from serving.service import InferenceService, Pending
 from serving.stats import VersionStatistics
@@ -158,11 +158,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._refuse(request, exc, context)
         remaining = context.time_remaining()
         deadline = started + remaining if remaining is not None else None
+        tracing = self.service.tracing
+        trace = (
+            tracing.start_grpc(decoded.model_name, "grpc", context.invocation_metadata(), started)
+            if tracing.on else None
+        )  # fmt: skip
         try:
-            response = await self.service.infer(decoded, started, deadline)
+            response = await self.service.infer(decoded, started, deadline, trace)
         except ServingError as exc:  # counted by the service
             await context.abort(to_status(exc), exc.message)
-        return codec.encode_response(response)
+        reply = codec.encode_response(response)
+        if trace is not None:
+            trace.end()
+        return reply
 
     async def _refuse(
         self, request: pb.ModelInferRequest, exc: Exception, context: Any
@@ -195,6 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         room = asyncio.Event()  # under both windows again
         room.set()
         service = self.service
+        tracing = service.tracing
         window, window_bytes = self._window, self._window_bytes
         unsent = 0  # read and not yet yielded
         unsent_bytes = 0
@@ -218,6 +227,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def done(pending: Pending, head: tuple[str, str, str]) -> None:
             try:
                 response = codec.encode_response(service.finish(pending))
+                if pending.trace is not None:
+                    pending.trace.end()
             except asyncio.CancelledError:
                 answer(None)  # the stream is gone
                 return
@@ -250,8 +261,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         service.record_failure(head[0], head[1], exc)
                         answer(fail(head, exc))
                         continue
+                    now = _now()
+                    trace = (
+                        tracing.start_grpc(head[0], "grpc_stream", context.invocation_metadata(),
+                                           now) if tracing.on else None
+                    )  # fmt: skip
                     try:
-                        pending = service.begin(decoded, _now())
+                        pending = service.begin(decoded, now, None, trace)
                     except Exception as exc:  # counted by the service
                         answer(fail(head, exc))
                         continue
@@ -281,6 +297,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             reader.cancel()
 
+    # -- trace and logging extensions -----------------------------------------
+
+    @_rpc
+    async def TraceSetting(self, request: Any, context: Any) -> pb.TraceSettingResponse:
+        return settings_rpc.trace_setting(self.service, request)
+
+    @_rpc
+    async def LogSettings(self, request: Any, context: Any) -> pb.LogSettingsResponse:
+        return settings_rpc.log_settings(self.service, request)
+
     # -- protocol features this server does not offer ------------------------
 
     async def _unimplemented(
@@ -288,7 +314,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> Any:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED,
-            "dlserve does not implement shared-memory, trace or log-settings RPCs; "
+            "dlserve does not implement the shared-memory RPCs; "
             "send tensors in the request (raw_input_contents)",
         )
 
@@ -296,7 +322,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         _unimplemented
     )
     CudaSharedMemoryStatus = CudaSharedMemoryRegister = CudaSharedMemoryUnregister = _unimplemented
-    TraceSetting = LogSettings = _unimplemented
 
 
 def undecodable_message(method: str, reason: str) -> str:

@@ -19,7 +19,7 @@ import orjson
 
 from serving.bearer import expected_digest, token_matches
 from serving.errors import InvalidInput, ServingError, ShuttingDown, Unauthenticated, code_name
-from serving.http_api import codec, views
+from serving.http_api import codec, settings_views, views
 from serving.service import InferenceService
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ EXTENSIONS = ("binary_tensor_data",)
 AUTH_MESSAGE = "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
 _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
-_UNIMPLEMENTED_ROOTS = frozenset({"systemsharedmemory", "cudasharedmemory", "logging", "trace"})
+_UNIMPLEMENTED_ROOTS = frozenset({"systemsharedmemory", "cudasharedmemory"})
 
 
 class HttpError(Exception):
@@ -165,11 +165,13 @@ class RestApp:
                 else:
                     await service.unload_model(rest[2])
                 return 200, b"", []
+        if rest == ["trace", "setting"] or rest == ["logging"]:
+            return await self._settings(method, rest[0], "", request)
         if rest[0] in _UNIMPLEMENTED_ROOTS:
             raise HttpError(
                 501,
-                f"dlserve does not implement {_shown(scope)} (shared memory, trace and log "
-                "settings); send tensors in the request body",
+                f"dlserve does not implement {_shown(scope)} (shared memory); "
+                "send tensors in the request body",
             )
         raise HttpError(404, f"no such path {_shown(scope)}")
 
@@ -185,16 +187,16 @@ class RestApp:
         name, version, tail = rest[0], "", rest[1:]
         if len(tail) >= 2 and tail[0] == "versions":
             version, tail = tail[1], tail[2:]
+        if tail == ["trace", "setting"] and not version:
+            return await self._settings(method, "trace", name, request)
         if len(tail) > 1:
             raise HttpError(404, f"no such path {_shown(scope)}")
         action = tail[0] if tail else ""
         if action == "infer":
             _allow(method, "POST")
             return await self._infer(name, version, request)
-        if action not in ("", "ready", "config", "stats", "trace"):
+        if action not in ("", "ready", "config", "stats"):
             raise HttpError(404, f"no such path {_shown(scope)}")
-        if action == "trace":
-            raise HttpError(501, "dlserve does not implement trace settings")
         _allow(method, "GET")
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another instance")
@@ -208,6 +210,17 @@ class RestApp:
         if action == "stats":
             return _json(views.statistics(service.statistics(name, version)))
         return _json(views.model_metadata(service.model_metadata(name, version)))
+
+    async def _settings(self, method: str, kind: str, model: str, request: Request) -> Reply:
+        """GET (read) or POST (change) the trace settings (of ``model``, or
+        the global ones) or the log settings."""
+        if method not in ("GET", "POST"):
+            allow = [(b"allow", b"GET, POST")]
+            raise HttpError(
+                405, f"method {method[:16]} is not allowed here; use GET or POST", allow
+            )
+        body = (await self._json_body(request) or {}) if method == "POST" else None
+        return _json(settings_views.answer(self.service, kind, model, body))
 
     # -- inference -----------------------------------------------------------
 
@@ -226,8 +239,12 @@ class RestApp:
         except ServingError as exc:  # never reaches the service: counted here
             service.record_failure(name, version, exc)
             raise
-        response = await service.infer(decoded.request, request.started)
+        tracing = service.tracing
+        trace = tracing.start_http(name, request.headers, request.started) if tracing.on else None
+        response = await service.infer(decoded.request, request.started, None, trace)
         payload, json_len = codec.encode_response(response, decoded)
+        if trace is not None:
+            trace.end()
         if json_len is None:
             return 200, payload, [(b"content-type", _JSON)]
         return (

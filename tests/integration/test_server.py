@@ -68,14 +68,13 @@ def test_server_metadata_lists_extensions(client: triton.InferenceServerClient) 
     assert meta.name == "dlserve"
     assert meta.version
     # The extensions this suite exercises must be announced...
-    assert {"classification", "model_repository", "model_configuration", "statistics"} <= set(
-        meta.extensions
-    )
-    # ...and nothing the server does not implement (shared memory, sequences,
-    # tracing, logging: their RPCs answer UNIMPLEMENTED).
-    assert not set(meta.extensions) & {
-        "system_shared_memory", "cuda_shared_memory", "sequence", "trace", "logging",
-    }  # fmt: skip
+    assert {
+        "classification", "model_repository", "model_configuration", "statistics", "trace",
+        "logging",
+    } <= set(meta.extensions)  # fmt: skip
+    # ...and nothing the server does not implement (shared memory, sequences:
+    # their RPCs answer UNIMPLEMENTED).
+    assert not set(meta.extensions) & {"system_shared_memory", "cuda_shared_memory", "sequence"}
 
 
 def test_model_metadata_shapes_include_batch_as_minus_one(
