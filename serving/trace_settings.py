@@ -68,6 +68,8 @@ class TraceConfig:
 
     scope: Scope = field(default_factory=lambda: Scope("OFF", 1000, -1))
     export: Export = field(default_factory=Export)
+    #: Whether any --trace-config was given (the SDK is then loaded at start).
+    configured: bool = False
 
 
 def parse(entries: Sequence[str]) -> TraceConfig:
@@ -108,7 +110,9 @@ def parse(entries: Sequence[str]) -> TraceConfig:
                 raise ValueError(f"{mode},...: unknown mode; use opentelemetry")
         except ValueError as exc:
             raise ValueError(f"--trace-config {exc}") from None
-    return TraceConfig(Scope(level, rate, count), Export(resource=tuple(resource), **export))  # type: ignore[arg-type]
+    return TraceConfig(
+        Scope(level, rate, count), Export(resource=tuple(resource), **export), bool(entries)
+    )  # type: ignore[arg-type]
 
 
 #: opentelemetry,KEY -> the Export field it sets.

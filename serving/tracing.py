@@ -143,6 +143,10 @@ class Tracing:
         )
         self._queue_full = self.dropped.labels("queue_full")
         self._export_failed = self.dropped.labels("export_failed")
+        self._building: threading.Thread | None = None
+        if config.configured:
+            # Loading the SDK takes a few hundred ms: at start, not in a request.
+            self._pipeline = self._build()
 
     # -- settings (TraceSetting RPC, /v2[/models/{m}]/trace/setting) ---------
 
@@ -154,7 +158,18 @@ class Tracing:
     ) -> dict[str, list[str]]:
         current = self.settings.update(model, updates)
         self.on = self.settings.on
+        if self.on and self._pipeline is None and self._building is None:
+            # Switched on at run time without --trace-config: the SDK loads in
+            # a thread of its own; requests are traced once it is ready.
+            self._building = threading.Thread(target=self._build_later, daemon=True)
+            self._building.start()
         return current
+
+    def _build_later(self) -> None:
+        try:
+            self._pipeline = self._build()
+        except Exception:
+            logger.exception("tracing could not start")
 
     # -- starting a trace (transports, when ``on``) ---------------------------
 
@@ -196,13 +211,8 @@ class Tracing:
         self, model: str, transport: str, carrier: dict[str, str], started: float
     ) -> RequestTrace | None:
         pipeline = self._pipeline
-        if pipeline is None:
-            try:
-                pipeline = self._pipeline = self._build()
-            except Exception:
-                logger.exception("tracing could not start; turning it off")
-                self.update_settings("", {"trace_level": ["OFF"]})
-                return None
+        if pipeline is None:  # still loading (switched on at run time)
+            return None
         from serving import otlp
 
         root = pipeline.tracer.start_span(
