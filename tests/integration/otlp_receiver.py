@@ -107,7 +107,9 @@ class OtlpReceiver:
         with self._lock:
             self.spans.clear()
 
-    def wait_for(self, done: Callable[[list[Span]], bool], timeout: float = WAIT_SECS) -> list[Span]:
+    def wait_for(
+        self, done: Callable[[list[Span]], bool], timeout: float = WAIT_SECS
+    ) -> list[Span]:
         """The spans once ``done(spans)`` holds (raises after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
