@@ -71,6 +71,13 @@ def server(repo: Path, receiver: OtlpReceiver) -> Iterator[InProcessServer]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def http(server: InProcessServer) -> Iterator[triton_http.InferenceServerClient]:
+    c = triton_http.InferenceServerClient(server.http_url)
+    yield c
+    c.close()
+
+
 @pytest.fixture
 def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
     c = triton.InferenceServerClient(server.url)
@@ -140,7 +147,9 @@ def test_grpc_request_span_tree(
 
 
 def test_client_traceparent_becomes_the_parent(
-    client: triton.InferenceServerClient, receiver: OtlpReceiver, server: InProcessServer
+    client: triton.InferenceServerClient,
+    receiver: OtlpReceiver,
+    http: triton_http.InferenceServerClient,
 ) -> None:
     client.infer("plain", inputs(), headers={"traceparent": TRACEPARENT})
     spans = barrier(client, receiver)
@@ -149,10 +158,9 @@ def test_client_traceparent_becomes_the_parent(
     check_tree(tree(spans, TRACE_ID), "grpc", "plain")
     # The same over REST, with tritonclient.http.
     other = "0af7651916cd43dd8448eb211c80319c"
-    with triton_http.InferenceServerClient(server.http_url.removeprefix("http://")) as http:
-        x = triton_http.InferInput("input", [1, 2], "FP32")
-        x.set_data_from_numpy(np.ones((1, 2), np.float32))
-        http.infer("plain", [x], headers={"traceparent": f"00-{other}-b7ad6b7169203331-01"})
+    x = triton_http.InferInput("input", [1, 2], "FP32")
+    x.set_data_from_numpy(np.ones((1, 2), np.float32))
+    http.infer("plain", [x], headers={"traceparent": f"00-{other}-b7ad6b7169203331-01"})
     spans = barrier(client, receiver)
     (root,) = [s for s in roots(spans) if s.trace_id == other]
     assert root.parent_id == "b7ad6b7169203331"
@@ -292,18 +300,20 @@ def test_trace_settings_of_an_unknown_model(client: triton.InferenceServerClient
     assert info.value.status() == "StatusCode.NOT_FOUND"
 
 
-def test_trace_settings_over_http(server: InProcessServer) -> None:
-    with triton_http.InferenceServerClient(server.http_url.removeprefix("http://")) as http:
-        got = http.update_trace_settings("plain", {"trace_rate": "5", "trace_count": "7"})
-        assert got["trace_rate"] == "5" and got["trace_count"] == "7"
-        assert got["trace_level"] == ["TIMESTAMPS"] and got["trace_mode"] == "opentelemetry"
-        assert http.get_trace_settings("plain")["trace_rate"] == "5"
-        assert http.get_trace_settings()["trace_rate"] == "1"
-        cleared = http.update_trace_settings("plain", {"trace_rate": None, "trace_count": None})
-        assert cleared["trace_rate"] == "1" and cleared["trace_count"] == "-1"
-        with pytest.raises(InferenceServerException) as info:
-            http.update_trace_settings(settings={"trace_rate": {"x": 1}})
-        assert "string" in info.value.message()
+def test_trace_settings_over_http(http: triton_http.InferenceServerClient) -> None:
+    got = http.update_trace_settings("plain", {"trace_rate": "5", "trace_count": "7"})
+    assert got["trace_rate"] == "5" and got["trace_count"] == "7"
+    assert got["trace_level"] == ["TIMESTAMPS"] and got["trace_mode"] == "opentelemetry"
+    assert http.get_trace_settings("plain")["trace_rate"] == "5"
+    assert http.get_trace_settings()["trace_rate"] == "1"
+    cleared = http.update_trace_settings("plain", {"trace_rate": None, "trace_count": None})
+    assert cleared["trace_rate"] == "1" and cleared["trace_count"] == "-1"
+    with pytest.raises(InferenceServerException) as info:
+        http.update_trace_settings(settings={"trace_rate": {"x": 1}})
+    assert "string" in info.value.message()
+    with pytest.raises(InferenceServerException) as info:
+        http.get_trace_settings("nope")
+    assert "not in the repository" in info.value.message()
 
 
 def test_trace_id_is_an_exemplar_in_openmetrics(
