@@ -143,3 +143,42 @@ def roots(spans: list[Span], model: str | None = None) -> list[Span]:
         s for s in spans
         if s.name == "infer" and (model is None or s.attributes.get("dlserve.model") == model)
     ]  # fmt: skip
+
+
+class StallingCollector:
+    """An OTLP/HTTP endpoint that holds every export unanswered until
+    ``release()``, then refuses it (400, which the exporter does not retry)."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.arrived = threading.Event()
+        self.held = 0
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                collector.held += 1
+                collector.arrived.set()
+                collector.released.wait(120)
+                self.send_error(400, "refused by the test")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1/traces"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __enter__(self) -> "StallingCollector":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self._server.shutdown()
+        self._server.server_close()
