@@ -4,7 +4,9 @@ into dlserve's servicer (as benchmarks/inprocess.py, no gRPC) on
 alternating in rounds, in one process. The CPU is the whole process's
 (getrusage: the event loop and the batch span processor's export thread,
 which serializes and posts the spans) to an OTLP/HTTP sink in a process of
-its own, so the collector's CPU is not counted.
+its own, so the collector's CPU is not counted. Each round runs every
+setting once; the figure printed is the median over the rounds (a shared
+machine's noise moves single rounds by tens of percent).
 
     .venv/bin/python -m benchmarks.tracing_cost
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +80,7 @@ async def main(calls: int, rounds: int) -> None:
     request.inputs.add(name="input", datatype="FP32", shape=[1, 2])
     request.raw_input_contents.append(np.ones((1, 2), np.float32).tobytes())
     context = _Context()
+    figures: dict[str, list[float]] = {name: [] for name in CONFIGS}
     try:
         for _ in range(rounds):
             for name, level in CONFIGS.items():
@@ -90,13 +94,16 @@ async def main(calls: int, rounds: int) -> None:
                     await servicer.ModelInfer(request, context)
                     await asyncio.sleep(0)
                 tracing.flush()
-                print(f"{name:9} {(_cpu() - start) / calls * 1e6:6.1f} us of CPU per call")
+                figures[name].append((_cpu() - start) / calls * 1e6)
     finally:
         await tracing.shutdown()
         await app.manager.stop()
         app.executor.shutdown()
         sink.terminate()
         sink.wait()
+    for name, values in figures.items():
+        spread = f"{min(values):.1f}..{max(values):.1f}"
+        print(f"{name:9} {statistics.median(values):6.1f} us of CPU per call (rounds: {spread})")
     dropped = {s.labels["reason"]: s.value for m in tracing.dropped.collect() for s in m.samples
                if s.name.endswith("_total")}  # fmt: skip
     print(f"spans dropped: {dropped}")
@@ -104,7 +111,7 @@ async def main(calls: int, rounds: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=20000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
     uvloop.run(main(args.calls, args.rounds))
