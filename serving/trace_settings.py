@@ -25,7 +25,7 @@ mode: reported empty, refused when set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from serving.errors import InvalidInput, ModelNotFound
 
@@ -110,9 +110,10 @@ def parse(entries: Sequence[str]) -> TraceConfig:
                 raise ValueError(f"{mode},...: unknown mode; use opentelemetry")
         except ValueError as exc:
             raise ValueError(f"--trace-config {exc}") from None
+    fields: dict[str, Any] = export
     return TraceConfig(
-        Scope(level, rate, count), Export(resource=tuple(resource), **export), bool(entries)
-    )  # type: ignore[arg-type]
+        Scope(level, rate, count), Export(resource=tuple(resource), **fields), bool(entries)
+    )
 
 
 #: opentelemetry,KEY -> the Export field it sets.
