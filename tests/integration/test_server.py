@@ -380,8 +380,7 @@ def test_load_and_unload_refused_without_explicit_mode(
 
 @pytest.mark.parametrize(
     "call",
-    ["get_system_shared_memory_status", "get_cuda_shared_memory_status", "get_trace_settings",
-     "get_log_settings"],
+    ["get_system_shared_memory_status", "get_cuda_shared_memory_status"],
 )  # fmt: skip
 def test_rpcs_outside_the_contract_are_unimplemented(
     client: triton.InferenceServerClient, call: str
