@@ -13,6 +13,7 @@ and the trace id as an exemplar of the latency histogram in OpenMetrics.
 
 from __future__ import annotations
 
+import json
 import queue
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,7 @@ from tritonclient.utils import InferenceServerException
 
 from devtools.inprocess import InProcessServer
 from devtools.onnx_models import config_text, mlp, write_model
+from tests.integration.http_helpers import Http, error_of
 from tests.integration.otlp_receiver import OtlpReceiver, Span, roots, traces
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -380,3 +382,32 @@ def test_without_trace_config_tracing_is_off_until_switched_on(repo: Path) -> No
                 c.infer("plain", inputs())
         finally:
             c.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "fragment"),
+    [
+        ("DELETE", "/v2/trace/setting", None, 405, "GET or POST"),
+        ("PUT", "/v2/logging", "{}", 405, "GET or POST"),
+        ("POST", "/v2/trace/setting", "{not json", 400, "JSON"),
+        ("POST", "/v2/logging", '{"log_info": [1]}', 400, "boolean"),
+        ("POST", "/v2/models/plain/trace/setting", '{"trace_level": "LOUD"}', 400, "TIMESTAMPS"),
+        ("GET", "/v2/models/nope/trace/setting", None, 404, "nope"),
+        ("GET", "/v2/models/plain/versions/1/trace/setting", None, 404, "no such path"),
+    ],
+)  # fmt: skip
+def test_settings_routes_answer_bad_requests_with_json_errors(
+    server: InProcessServer, method: str, path: str, body: str | None, status: int, fragment: str
+) -> None:
+    api = Http(server.http_url)
+    try:
+        got, headers, data = api.request(method, path, body)
+        assert got == status, data
+        assert fragment in error_of(got, headers, data)
+        if status == 405:
+            assert headers["allow"] == "GET, POST"
+        # The server goes on answering, settings unchanged.
+        got, _, data = api.request("GET", "/v2/trace/setting", None)
+        assert got == 200 and json.loads(data)["trace_rate"] == "1"
+    finally:
+        api.close()
