@@ -236,8 +236,12 @@ class TraceSettings:
         self._refresh()
 
     def sampler(self, model: str) -> Sampler:
+        """The model's sampler; names the repository does not know share the
+        global one (a client's made-up names never grow this table)."""
         sampler = self._samplers.get(model)
         if sampler is None:
+            if model and self._known(model) is None:
+                return self.sampler("")
             sampler = self._samplers[model] = self._build(model)
         return sampler
 

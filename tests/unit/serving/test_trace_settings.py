@@ -131,3 +131,10 @@ def test_unknown_models_are_not_found() -> None:
         s.get("zzz")
     with pytest.raises(ModelNotFound):
         s.update("zzz", {"trace_rate": ["1"]})
+
+
+def test_unknown_names_share_the_global_sampler() -> None:
+    s = settings("level=TIMESTAMPS", "rate=2")
+    assert s.sampler("made-up-1") is s.sampler("made-up-2") is s.sampler("")
+    assert s.sampler("a") is not s.sampler("")
+    assert traced(s, "made-up-1", 2) + traced(s, "made-up-2", 2) == 2
