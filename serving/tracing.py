@@ -263,7 +263,10 @@ class Tracing:
                 continue
             self._in_queue += spans
             token = trace.result.batch if trace.result is not None else None
-            self._write(pipeline, trace, batches.get(id(token), []) if token is not None else [])
+            try:
+                self._write(pipeline, trace, batches.get(id(token), []) if token else [])
+            except Exception:  # the SDK's: never the request's problem
+                logger.exception("writing the spans of a trace failed")
 
     def _write(self, pipeline: "Pipeline", t: RequestTrace, batch: list[RequestTrace]) -> None:
         from serving import otlp
