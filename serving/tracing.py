@@ -263,8 +263,9 @@ class Tracing:
                 continue
             self._in_queue += spans
             token = trace.result.batch if trace.result is not None else None
+            members = batches.get(id(token), []) if token is not None else []
             try:
-                self._write(pipeline, trace, batches.get(id(token), []) if token else [])
+                self._write(pipeline, trace, members)
             except Exception:  # the SDK's: never the request's problem
                 logger.exception("writing the spans of a trace failed")
 
