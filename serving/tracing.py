@@ -202,7 +202,7 @@ class Tracing:
     def _sample(self, model: str) -> bool:
         sampler = self.settings.sampler(model)
         sampled = sampler.sample()
-        if sampler.budget[0] == 0:  # the count is spent: maybe nothing traces any more
+        if sampled and sampler.budget[0] == 0:  # the count is spent: maybe nothing traces now
             self.settings.spent()
             self.on = self.settings.on
         return sampled
