@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from serving import trace_settings
 from serving.credentials import CredentialError, load_credentials
 from serving.errors import ServingError
 from serving.grpc_api.server import GrpcFrontend
 from serving.http_api.server import HttpFrontend
 from serving.http_server import MetricsHttpServer
 from serving.loader import RuntimeFactory, VersionLoader, onnx_runtime
+from serving.log_settings import LogSettings
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.metrics_app import make_app
@@ -29,6 +31,7 @@ from serving.runtime import both_onnxruntimes_installed
 from serving.service import EXTENSIONS, SHM_EXTENSIONS, InferenceService
 from serving.settings import ServingSettings
 from serving.shm import SharedMemoryRegistry
+from serving.tracing import Tracing
 from serving.watchdog import LoopWatchdog
 
 logger = logging.getLogger(__name__)
@@ -79,10 +82,13 @@ class App:
             if settings.metrics_enabled:
                 self.metrics.registry.register(CacheCollector(self.cache))
         shm = settings.allow_client_shm
+        tracing = Tracing(trace_settings.parse(settings.trace_config),
+                          self.manager.known_versions, self.metrics.registry)  # fmt: skip
         self.service = InferenceService(
             self.manager, self.metrics, EXTENSIONS + SHM_EXTENSIONS if shm else EXTENSIONS,
             max_response_bytes=settings.max_message_bytes, cache=self.cache,
-            shm=SharedMemoryRegistry(shm),
+            shm=SharedMemoryRegistry(shm), tracing=tracing,
+            logs=LogSettings(settings.log_level, settings.log_format),
         )  # fmt: skip
         self.grpc: GrpcFrontend | None = None
         self.rest: HttpFrontend | None = None
@@ -192,6 +198,7 @@ class App:
         await asyncio.gather(drain, return_exceptions=True)
         await self.manager.stop()
         self.service.shm.close()
+        await self.service.tracing.shutdown()
         if self._http is not None:
             self._http.stop()
         # A batch already inside onnxruntime cannot be interrupted: wait for it.

@@ -17,6 +17,9 @@ class BatchResult:
     queue_seconds: float
     compute_seconds: float
     batch_rows: int
+    #: The batch it ran in, shared by every request of a batch of several
+    #: (the batch's outputs, which its rows are views of); None: it ran alone.
+    batch: object = None
 
 
 @dataclass(slots=True)

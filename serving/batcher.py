@@ -370,14 +370,9 @@ class DynamicBatcher:
         for job in jobs:
             end = offset + job.rows
             if not job.future.done():
-                job.future.set_result(
-                    BatchResult(
-                        [out[offset:end] for out in outputs],
-                        started - job.enqueued,
-                        compute,
-                        rows,
-                    )
-                )
+                rows_of = [out[offset:end] for out in outputs]
+                queued = started - job.enqueued
+                job.future.set_result(BatchResult(rows_of, queued, compute, rows, outputs))
             offset = end
 
     @staticmethod

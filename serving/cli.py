@@ -20,6 +20,7 @@ _SETTINGS_FLAGS = (
     "stream_window", "stream_window_bytes", "inference_threads",
     "intra_op_threads", "inter_op_threads", "exit_timeout_secs", "auth_token_file", "tls_cert",
     "tls_key", "tls_client_ca", "log_level", "log_format", "cache_config", "allow_client_shm",
+    "trace_config",
 )  # fmt: skip
 
 
@@ -81,6 +82,12 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument("--log-level", metavar="LEVEL")
     p.add_argument("--log-format", choices=("text", "json"))
+    p.add_argument(
+        "--trace-config", action="append", metavar="[MODE,]K=V",
+        help="OpenTelemetry tracing in Triton's spelling (repeatable): level=TIMESTAMPS, "
+        "rate=N, count=N, opentelemetry,url=http://HOST:4318/v1/traces, "
+        "opentelemetry,resource=K=V; see docs/monitoring.md",
+    )  # fmt: skip
     p.set_defaults(func=run_serve)
 
     p = sub.add_parser(

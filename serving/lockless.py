@@ -14,26 +14,31 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Sample
+from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
 
 class LocklessChild:
-    __slots__ = ("_bounds", "counts", "sum", "created")
+    __slots__ = ("_bounds", "counts", "sum", "created", "exemplars")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
         self.counts = [0] * len(bounds)  # per bucket, not cumulative
         self.sum = 0.0
         self.created = time.time()  # the `_created` sample, as prometheus_client writes it
+        #: bucket index -> the latest exemplar that landed there (traced requests).
+        self.exemplars: dict[int, Exemplar] = {}
 
-    def observe(self, amount: float) -> None:
-        self.counts[bisect_left(self._bounds, amount)] += 1
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        index = bisect_left(self._bounds, amount)
+        self.counts[index] += 1
         self.sum += amount
+        if exemplar is not None:
+            self.exemplars[index] = Exemplar(exemplar, amount, time.time())
 
 
 class LocklessHistogram(Collector):
@@ -76,11 +81,16 @@ class LocklessHistogram(Collector):
         family = HistogramMetricFamily(self.name, self.documentation, labels=["model", "version"])
         for (model, version), child in list(self._children.items()):
             counts = list(child.counts)
+            exemplars = dict(child.exemplars)
             total = 0
-            buckets = []
-            for le, count in zip(self._le, counts, strict=True):
+            buckets: list[Any] = []
+            for index, (le, count) in enumerate(zip(self._le, counts, strict=True)):
                 total += count
-                buckets.append((le, float(total)))
+                exemplar = exemplars.get(index)
+                if exemplar is None:
+                    buckets.append((le, float(total)))
+                else:
+                    buckets.append((le, float(total), exemplar))
             family.add_metric([model, version], buckets, child.sum)
             family.samples.append(
                 Sample(f"{self.name}_created", {"model": model, "version": version}, child.created)

@@ -27,7 +27,8 @@ BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024,
 
 
 class Observer(Protocol):
-    def observe(self, amount: float) -> None: ...
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        """``exemplar``: labels (a trace id) kept with the bucket ``amount`` lands in."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,13 +51,19 @@ class VersionRecorder:
             self._m.batch_size.observe(rows)
 
     def success(
-        self, rows: int, total: float, prep: float, queue: float, compute: float, post: float
-    ) -> None:
+        self, rows: int, total: float, prep: float, queue: float, compute: float, post: float,
+        trace_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """``trace_id``: the request's trace (sampled), kept as the exemplar
+        of its request-duration bucket."""
         self.stats.record_success(rows, total, prep, queue, compute, post)
         m = self._m
         if m is not None:
             m.inflight.dec()
-            m.request.observe(total)
+            if trace_id is None:
+                m.request.observe(total)
+            else:
+                m.request.observe(total, {"trace_id": trace_id})
             m.queue.observe(queue)
             m.compute.observe(compute)
             m.ok.inc()

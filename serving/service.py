@@ -20,6 +20,7 @@ from dlserve import __version__
 from serving._generated import model_config_pb2 as mc
 from serving.batch_jobs import BatchResult
 from serving.errors import InvalidInput, ResourceExhausted, ServingError, code_name
+from serving.log_settings import LogSettings
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.outputs import outputs as _outputs
@@ -29,6 +30,7 @@ from serving.response_cache import ResponseCache
 from serving.shm import SharedMemoryRegistry
 from serving.stats import VersionStatistics
 from serving.tensors import InferRequest, InferResponse, RequestedOutput, Tensor
+from serving.tracing import RequestTrace, Tracing, disabled
 from serving.versions import IndexEntry, LoadedVersion
 
 _now = time.perf_counter
@@ -39,6 +41,8 @@ EXTENSIONS = (
     "schedule_policy",
     "model_configuration",
     "statistics",
+    "trace",
+    "logging",
 )
 #: Listed too when clients may use shared memory (--allow-client-shm). Not
 #: cuda_shared_memory: CUDA regions cannot be registered here.
@@ -65,6 +69,7 @@ class Pending:
     cache_key: bytes | None = None
     cached: tuple[Tensor, ...] | None = None
     lookup: float = 0.0
+    trace: RequestTrace | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +118,8 @@ class InferenceService:
         max_response_bytes: int = 0,
         cache: ResponseCache | None = None,
         shm: SharedMemoryRegistry | None = None,
+        tracing: Tracing | None = None,
+        logs: LogSettings | None = None,
     ) -> None:
         """``max_response_bytes``: answers whose tensor data is within 4 KiB of
         it (room for the message's other fields) fail with RESOURCE_EXHAUSTED
@@ -128,6 +135,11 @@ class InferenceService:
         self.shm = shm if shm is not None else SharedMemoryRegistry(enabled=False)
         #: Set by the composition root once every transport listens.
         self.ready = False
+        #: Trace settings and sampling (the trace extension); ``tracing.on``
+        #: is the transports' one check per request.
+        self.tracing = tracing if tracing is not None else disabled()
+        #: Log settings at run time (the logging extension).
+        self.logs = logs if logs is not None else LogSettings()
 
     # -- health and metadata -------------------------------------------------
 
@@ -194,11 +206,16 @@ class InferenceService:
     # -- inference -----------------------------------------------------------
 
     async def infer(
-        self, request: InferRequest, started: float, deadline: float | None = None
+        self,
+        request: InferRequest,
+        started: float,
+        deadline: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> InferResponse:
         """``started`` is when the transport received the request (perf_counter
-        seconds); ``deadline`` the perf_counter time after which it is dropped."""
-        pending = self.begin(request, started, deadline)
+        seconds); ``deadline`` the perf_counter time after which it is dropped;
+        ``trace`` its trace when sampled (the transport ends it once encoded)."""
+        pending = self.begin(request, started, deadline, trace)
         try:
             await pending.future
         except BaseException:
@@ -207,7 +224,11 @@ class InferenceService:
         return self.finish(pending)
 
     def begin(
-        self, request: InferRequest, started: float, deadline: float | None = None
+        self,
+        request: InferRequest,
+        started: float,
+        deadline: float | None = None,
+        trace: RequestTrace | None = None,
     ) -> Pending:
         """Look up, validate and queue; raises ServingError for a bad request.
         The ``priority`` and ``timeout`` (microseconds) request parameters
@@ -216,6 +237,8 @@ class InferenceService:
             loaded = self._table.get(request.model_name, request.model_version)
         except ServingError as exc:
             self.record_failure(request.model_name, request.model_version, exc)
+            if trace is not None:
+                trace.fail(exc)
             raise
         try:
             priority = timeout = 0
@@ -229,14 +252,18 @@ class InferenceService:
             if loaded.cache_token and self._cache is not None:  # hits skip the batcher
                 key, cached, lookup = self._cache.lookup(loaded, request)
                 if cached is not None:
-                    return _hit(loaded, request, started, cached, lookup)
+                    return _hit(loaded, request, started, cached, lookup, trace)
+            if trace is not None:
+                trace.enqueued = _now()
             future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))
+            if trace is not None:
+                trace.fail(exc, loaded.version_str)
             raise
         loaded.recorder.started()
         return Pending(loaded, request.model_name, request.id, request.outputs, rows, started,
-                       _now() - started, future, key, None, lookup)  # fmt: skip
+                       _now() - started, future, key, None, lookup, trace)  # fmt: skip
 
     def finish(self, pending: Pending) -> InferResponse:
         """The response of a request whose future is done (raises its error)."""
@@ -249,6 +276,8 @@ class InferenceService:
             result = pending.future.result()
         except BaseException as exc:  # the ServingError, or CancelledError
             loaded.recorder.failure(code_name(exc), _now() - pending.started)
+            if pending.trace is not None:
+                pending.trace.fail(exc, loaded.version_str)
             raise
         post_start = _now()
         outputs = _outputs(loaded, pending.outputs, result)
@@ -257,15 +286,20 @@ class InferenceService:
                 _check_size(outputs, self._max_payload)
             except ServingError as exc:
                 loaded.recorder.failure(code_name(exc), _now() - pending.started)
+                if pending.trace is not None:
+                    pending.trace.fail(exc, loaded.version_str)
                 raise
         if pending.cache_key is not None and self._cache is not None:
             stored = _now()
             self._cache.insert(pending.cache_key, loaded.cache_token, outputs)
             loaded.recorder.cache_miss(pending.lookup + _now() - stored)
         done = _now()
+        trace = pending.trace
+        if trace is not None:
+            trace.computed(loaded.version_str, pending.rows, result, post_start)
         loaded.recorder.success(
             pending.rows, done - pending.started, pending.prep, result.queue_seconds,
-            result.compute_seconds, done - post_start,
+            result.compute_seconds, done - post_start, trace.trace_id if trace else None,
         )  # fmt: skip
         return InferResponse(pending.model_name, loaded.version_str, outputs, pending.request_id)
 
@@ -285,14 +319,14 @@ class InferenceService:
         self._metrics.count(model, version, code_name(exc))
 
 
-def _hit(loaded: LoadedVersion, request: InferRequest, started: float,
-         cached: tuple[Tensor, ...], lookup: float) -> Pending:  # fmt: skip
+def _hit(loaded: LoadedVersion, request: InferRequest, started: float, cached: tuple[Tensor, ...],
+         lookup: float, trace: RequestTrace | None) -> Pending:  # fmt: skip
     """A request answered from the cache: its future is done already, so
     ``finish`` (or a done callback) answers it on the spot."""
     future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     future.set_result(None)
     return Pending(loaded, request.model_name, request.id, request.outputs, 0, started, 0.0,
-                   future, None, cached, lookup)  # fmt: skip
+                   future, None, cached, lookup, trace)  # fmt: skip
 
 
 def _stats_of(loaded: LoadedVersion) -> VersionStatistics:

@@ -154,6 +154,18 @@ class ServingSettings(BaseSettings):
         match = _CACHE_CONFIG.fullmatch(self.cache_config.replace(" ", ""))
         return int(match.group(1)) if match is not None else 0
 
+    trace_config: list[str] = []
+    """--trace-config entries in Triton's spelling (serving.trace_settings):
+    mode=opentelemetry, level=TIMESTAMPS, rate=N, count=N, opentelemetry,url=URL, ..."""
+
+    @field_validator("trace_config")
+    @classmethod
+    def _trace_config(cls, entries: list[str]) -> list[str]:
+        from serving.trace_settings import parse
+
+        parse(entries)  # ValueError with the reason
+        return entries
+
     @model_validator(mode="after")
     def _tls_pair(self) -> "ServingSettings":
         if (self.tls_cert is None) != (self.tls_key is None):

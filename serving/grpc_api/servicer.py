@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from serving.errors import ServingError
-from serving.grpc_api import codec, shm_rpcs
+from serving.grpc_api import codec, settings_rpc, shm_rpcs
 from serving.grpc_api.status import to_status
 from serving.service import InferenceService, Pending
 from serving.shm import ShmRequest
@@ -172,13 +172,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await self._refuse(request, exc, context)
         remaining = context.time_remaining()
         deadline = started + remaining if remaining is not None else None
+        tracing = self.service.tracing
+        trace = (
+            tracing.start_grpc(decoded.model_name, "grpc", context.invocation_metadata(), started)
+            if tracing.on else None
+        )  # fmt: skip
         try:
-            response = await self.service.infer(decoded, started, deadline)
-            return codec.encode_response(response, shm)
+            response = await self.service.infer(decoded, started, deadline, trace)
+            reply = codec.encode_response(response, shm)
         except ServingError as exc:  # counted by the service; an output too big for its
             # shared-memory region fails in encode, after it counted the answer
+            if trace is not None:
+                trace.fail(exc)  # a no-op when the service already ended it
             await context.abort(to_status(exc), exc.message)
-        raise AssertionError("unreachable")  # pragma: no cover
+        if trace is not None:
+            trace.end()
+        return reply
 
     async def _refuse(
         self, request: pb.ModelInferRequest, exc: Exception, context: Any
@@ -211,6 +220,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         room = asyncio.Event()  # under both windows again
         room.set()
         service = self.service
+        tracing = service.tracing
         window, window_bytes = self._window, self._window_bytes
         unsent = 0  # read and not yet yielded
         unsent_bytes = 0
@@ -234,6 +244,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         def done(pending: Pending, head: tuple[str, str, str], shm: ShmRequest) -> None:
             try:
                 response = codec.encode_response(service.finish(pending), shm)
+                if pending.trace is not None:
+                    pending.trace.end()
             except asyncio.CancelledError:
                 answer(None)  # the stream is gone
                 return
@@ -270,8 +282,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         service.record_failure(head[0], head[1], exc)
                         answer(fail(head, exc))
                         continue
+                    now = _now()
+                    trace = (
+                        tracing.start_grpc(head[0], "grpc_stream", context.invocation_metadata(),
+                                           now) if tracing.on else None
+                    )  # fmt: skip
                     try:
-                        pending = service.begin(decoded, _now())
+                        pending = service.begin(decoded, now, None, trace)
                     except Exception as exc:  # counted by the service
                         shm.release()
                         answer(fail(head, exc))
@@ -311,17 +328,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     CudaSharedMemoryRegister = _rpc(shm_rpcs.cuda_register)  # type: ignore[assignment]
     CudaSharedMemoryUnregister = _rpc(shm_rpcs.cuda_unregister)  # type: ignore[assignment]
 
-    # -- protocol features this server does not offer ------------------------
+    # -- trace and logging extensions -----------------------------------------
 
-    async def _unimplemented(
-        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "dlserve does not implement trace or log-settings RPCs",
-        )
+    @_rpc
+    async def TraceSetting(self, request: Any, context: Any) -> pb.TraceSettingResponse:
+        return settings_rpc.trace_setting(self.service, request)
 
-    TraceSetting = LogSettings = _unimplemented
+    @_rpc
+    async def LogSettings(self, request: Any, context: Any) -> pb.LogSettingsResponse:
+        return settings_rpc.log_settings(self.service, request)
 
 
 def undecodable_message(method: str, reason: str) -> str:

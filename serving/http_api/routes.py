@@ -19,7 +19,7 @@ import orjson
 
 from serving.bearer import expected_digest, token_matches
 from serving.errors import InvalidInput, ServingError, ShuttingDown, Unauthenticated, code_name
-from serving.http_api import codec, shm_routes, views
+from serving.http_api import codec, settings_views, shm_routes, views
 from serving.service import InferenceService
 from serving.shm import ShmRequest
 
@@ -49,7 +49,6 @@ EXTENSIONS = ("binary_tensor_data",)
 AUTH_MESSAGE = "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
 _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
-_UNIMPLEMENTED_ROOTS = frozenset({"logging", "trace"})
 
 
 class HttpError(Exception):
@@ -174,10 +173,8 @@ class RestApp:
             body = await self._json_body(request) if call[1] == "register" else None
             result = shm_routes.answer(service.shm, call, body)
             return (200, b"", []) if result is None else _json(result)
-        if rest[0] in _UNIMPLEMENTED_ROOTS:
-            raise HttpError(
-                501, f"dlserve does not implement {_shown(scope)} (trace and log settings)"
-            )
+        if rest == ["trace", "setting"] or rest == ["logging"]:
+            return await self._settings(method, rest[0], "", request)
         raise HttpError(404, f"no such path {_shown(scope)}")
 
     async def _model_route(
@@ -192,16 +189,16 @@ class RestApp:
         name, version, tail = rest[0], "", rest[1:]
         if len(tail) >= 2 and tail[0] == "versions":
             version, tail = tail[1], tail[2:]
+        if tail == ["trace", "setting"] and not version:
+            return await self._settings(method, "trace", name, request)
         if len(tail) > 1:
             raise HttpError(404, f"no such path {_shown(scope)}")
         action = tail[0] if tail else ""
         if action == "infer":
             _allow(method, "POST")
             return await self._infer(name, version, request)
-        if action not in ("", "ready", "config", "stats", "trace"):
+        if action not in ("", "ready", "config", "stats"):
             raise HttpError(404, f"no such path {_shown(scope)}")
-        if action == "trace":
-            raise HttpError(501, "dlserve does not implement trace settings")
         _allow(method, "GET")
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another instance")
@@ -215,6 +212,17 @@ class RestApp:
         if action == "stats":
             return _json(views.statistics(service.statistics(name, version)))
         return _json(views.model_metadata(service.model_metadata(name, version)))
+
+    async def _settings(self, method: str, kind: str, model: str, request: Request) -> Reply:
+        """GET (read) or POST (change) the trace settings (of ``model``, or
+        the global ones) or the log settings."""
+        if method not in ("GET", "POST"):
+            allow = [(b"allow", b"GET, POST")]
+            raise HttpError(
+                405, f"method {method[:16]} is not allowed here; use GET or POST", allow
+            )
+        body = (await self._json_body(request) or {}) if method == "POST" else None
+        return _json(settings_views.answer(self.service, kind, model, body))
 
     # -- inference -----------------------------------------------------------
 
@@ -240,18 +248,17 @@ class RestApp:
         except ServingError as exc:  # never reaches the service: counted here
             service.record_failure(name, version, exc)
             raise
-        response = await service.infer(decoded.request, request.started)
+        tracing = service.tracing
+        trace = tracing.start_http(name, request.headers, request.started) if tracing.on else None
+        response = await service.infer(decoded.request, request.started, None, trace)
         payload, json_len = codec.encode_response(response, decoded)
+        if trace is not None:
+            trace.end()
         if json_len is None:
             return 200, payload, [(b"content-type", _JSON)]
-        return (
-            200,
-            payload,
-            [
-                (b"content-type", _OCTETS),
-                (b"inference-header-content-length", str(json_len).encode()),
-            ],
-        )
+        headers = [(b"content-type", _OCTETS),
+                   (b"inference-header-content-length", str(json_len).encode())]  # fmt: skip
+        return 200, payload, headers
 
     # -- bodies, auth --------------------------------------------------------
 

@@ -55,7 +55,7 @@ def test_schema_check_rejects_an_unknown_key(tmp_path: Path) -> None:
 
 def test_stack_has_dlserve_prometheus_and_grafana_on_localhost() -> None:
     services = load(DEPLOY / "compose.yaml")["services"]
-    assert set(services) == {"dlserve", "prometheus", "grafana"}
+    assert set(services) == {"dlserve", "prometheus", "grafana", "jaeger"}
     assert "127.0.0.1:3000:3000" in services["grafana"]["ports"]
     assert set(services["dlserve"]["ports"]) == {
         "127.0.0.1:8000:8000",  # REST
@@ -63,7 +63,7 @@ def test_stack_has_dlserve_prometheus_and_grafana_on_localhost() -> None:
         "127.0.0.1:8002:8002",  # metrics
     }
     # Images are pinned by version, never :latest.
-    for name in ("prometheus", "grafana"):
+    for name in ("prometheus", "grafana", "jaeger"):
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image
 
@@ -122,3 +122,26 @@ def test_gpu_override_uses_the_cuda_image_and_reserves_gpus() -> None:
     assert dlserve["command"][-2:] == ["--device", "auto"]
     (device,) = dlserve["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+
+
+def test_tracing_profile_sends_dlserves_traces_to_the_collector() -> None:
+    """The collector is optional (profile "tracing"); dlserve's --trace-config
+    names it by service name on its OTLP/HTTP port, in entries the server
+    accepts; Prometheus keeps exemplars."""
+    from serving.trace_settings import parse
+
+    services = load(DEPLOY / "compose.yaml")["services"]
+    jaeger = services["jaeger"]
+    assert jaeger["profiles"] == ["tracing"]
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]
+    assert all("profiles" not in services[name] for name in ("dlserve", "prometheus", "grafana"))
+    command = services["dlserve"]["command"]
+    entries = [command[i + 1] for i, arg in enumerate(command) if arg == "--trace-config"]
+    # compose's defaults for the ${VAR:-default} entries
+    expanded = [e.replace("${DLSERVE_TRACE_LEVEL:-OFF}", "OFF")
+                .replace("${DLSERVE_TRACE_RATE:-100}", "100") for e in entries]  # fmt: skip
+    config = parse(expanded)
+    assert config.export.url == "http://jaeger:4318/v1/traces"
+    assert config.scope.rate == 100 and config.scope.level == "OFF"
+    assert parse([e.replace("OFF", "TIMESTAMPS") for e in expanded]).scope.level == "TIMESTAMPS"
+    assert "--enable-feature=exemplar-storage" in services["prometheus"]["command"]

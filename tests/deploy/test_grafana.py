@@ -128,3 +128,19 @@ def test_provisioning_matches_compose_mounts() -> None:
     assert home == f"{provider['options']['path']}/{DASHBOARD.name}"
     (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     assert source["url"] == "http://prometheus:9090"
+
+
+def test_latency_panel_shows_exemplars_that_open_the_trace(dashboard: dict[str, Any]) -> None:
+    """The latency panel asks for exemplars (the trace ids dlserve attaches
+    to request-duration buckets); the datasource turns the trace_id label
+    into a link to the compose stack's Jaeger."""
+    (latency,) = [p for p in panels(dashboard) if p["title"].startswith("Request latency")]
+    assert latency["targets"] and all(t.get("exemplar") is True for t in latency["targets"])
+    assert all("dlserve_request_duration_seconds_bucket" in t["expr"] for t in latency["targets"])
+    (source,) = yaml.safe_load(DATASOURCES.read_text())["datasources"]
+    (link,) = source["jsonData"]["exemplarTraceIdDestinations"]
+    assert link["name"] == "trace_id"  # the exemplar label serving/recorder.py writes
+    # $$ escapes Grafana's env interpolation in provisioning: a literal ${__value.raw}
+    assert link["url"] == "http://localhost:16686/trace/$${__value.raw}"
+    jaeger = yaml.safe_load(COMPOSE.read_text())["services"]["jaeger"]
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]

@@ -99,8 +99,19 @@ def test_serve_metrics_port_in_use(model_repo: Path, busy_port: int) -> None:
         (["--auth-token-file", "/nonexistent/token"], ["/nonexistent/token"]),
         (["--tls-cert", "/nonexistent/cert.pem"], ["--tls-cert", "--tls-key"]),
         (["--load-model", "classifier"], ["--load-model", "explicit"]),
+        (["--trace-config", "rate=0"], ["--trace-config", "rate", ">= 1"]),
+        (["--trace-config", "triton,file=/tmp/t.json"], ["--trace-config", "opentelemetry"]),
     ],
-    ids=["port-range", "message-bytes", "device", "token-file", "tls-half", "load-model"],
+    ids=[
+        "port-range",
+        "message-bytes",
+        "device",
+        "token-file",
+        "tls-half",
+        "load-model",
+        "trace-rate",
+        "trace-mode",
+    ],
 )
 def test_serve_bad_arguments(model_repo: Path, args: list[str], fragments: list[str]) -> None:
     result = serve(

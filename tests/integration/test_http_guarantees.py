@@ -57,8 +57,10 @@ def auth_server(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.mark.parametrize(
-    "path", ["/v2", "/v2/models/classifier", "/v2/models/classifier/config", "/v2/models/stats"]
-)
+    "path",
+    ["/v2", "/v2/models/classifier", "/v2/models/classifier/config", "/v2/models/stats",
+     "/v2/trace/setting", "/v2/models/classifier/trace/setting", "/v2/logging"],
+)  # fmt: skip
 @pytest.mark.parametrize("auth", [None, "Bearer wrong", "Basic s3cret-token", "Bearer"])
 def test_token_required(auth_server: ServerProcess, path: str, auth: str | None) -> None:
     api = Http(auth_server.http_url)

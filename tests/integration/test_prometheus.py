@@ -6,94 +6,17 @@ and Prometheus itself evaluates every rule without error."""
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, write_model
 from tests.deploy import promql
 from tests.integration.loadgen import Load
-from tests.support import free_port, require_binary
-
-#: Upper bound on waiting for series and rule evaluations; a healthy run
-#: needs a few scrapes (about 5 s at the 1 s interval).
-SETTLE_TIMEOUT = 60.0
-
-
-class Prometheus:
-    def __init__(self, binary: str, workdir: Path, targets: list[str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = workdir / "prometheus.yml"
-        config.write_text(yaml.safe_dump(promql.prometheus_config(targets)))
-        self.log = workdir / "prometheus.log"
-        self._log = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=1h",
-                "--log.level=warn",
-            ],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def get(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as r:
-            return json.loads(r.read())
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        reply = self.get("/api/v1/query", query=expr)
-        assert reply["status"] == "success", reply
-        assert reply["data"]["resultType"] == "vector", (expr, reply["data"]["resultType"])
-        return list(reply["data"]["result"])
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def wait_until(check: Any, timeout: float = SETTLE_TIMEOUT, interval: float = 1.0) -> Any:
-    """Call ``check()`` until it returns a falsy "still missing" value."""
-    deadline = time.monotonic() + timeout
-    missing = check()
-    while missing and time.monotonic() < deadline:
-        time.sleep(interval)
-        missing = check()
-    return missing
+from tests.integration.prometheus_proc import SETTLE_TIMEOUT, Prometheus, wait_until
+from tests.support import require_binary
 
 
 @pytest.fixture(scope="module")

@@ -180,6 +180,8 @@ PROTECTED = [
     ("ServerMetadata", lambda: pb.ServerMetadataRequest()),
     ("RepositoryIndex", lambda: pb.RepositoryIndexRequest()),
     ("RepositoryModelLoad", lambda: pb.RepositoryModelLoadRequest(model_name="model")),
+    ("TraceSetting", lambda: pb.TraceSettingRequest()),
+    ("LogSettings", lambda: pb.LogSettingsRequest()),
 ]
 BAD_HEADERS = [
     None,

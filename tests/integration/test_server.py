@@ -68,15 +68,14 @@ def test_server_metadata_lists_extensions(client: triton.InferenceServerClient) 
     assert meta.name == "dlserve"
     assert meta.version
     # The extensions this suite exercises must be announced...
-    assert {"classification", "model_repository", "model_configuration", "statistics"} <= set(
-        meta.extensions
-    )
-    # ...and nothing the server does not implement (sequences, tracing,
-    # logging: their RPCs answer UNIMPLEMENTED; CUDA shared memory; system
-    # shared memory is off without --allow-client-shm: test_shared_memory.py).
-    assert not set(meta.extensions) & {
-        "system_shared_memory", "cuda_shared_memory", "sequence", "trace", "logging",
-    }  # fmt: skip
+    assert {
+        "classification", "model_repository", "model_configuration", "statistics", "trace",
+        "logging",
+    } <= set(meta.extensions)  # fmt: skip
+    # ...and nothing the server does not implement (sequences, CUDA shared
+    # memory; system shared memory is off without --allow-client-shm:
+    # test_shared_memory.py).
+    assert not set(meta.extensions) & {"system_shared_memory", "cuda_shared_memory", "sequence"}
 
 
 def test_model_metadata_shapes_include_batch_as_minus_one(
@@ -378,18 +377,6 @@ def test_load_and_unload_refused_without_explicit_mode(
     with rpc_error(grpc.StatusCode.FAILED_PRECONDITION, "--model-control-mode explicit"):
         client.unload_model("classifier")
     assert client.is_model_ready("classifier")
-
-
-@pytest.mark.parametrize(
-    "call",
-    ["get_trace_settings", "get_log_settings"],
-)
-def test_rpcs_outside_the_contract_are_unimplemented(
-    client: triton.InferenceServerClient, call: str
-) -> None:
-    with rpc_error(grpc.StatusCode.UNIMPLEMENTED):
-        getattr(client, call)()
-    assert client.is_server_ready()
 
 
 # --- the standard gRPC services -------------------------------------------------
