@@ -83,9 +83,9 @@ def register(sub: Any) -> None:
     p.add_argument("--log-level", metavar="LEVEL")
     p.add_argument("--log-format", choices=("text", "json"))
     p.add_argument(
-        "--trace-config", action="append", metavar="[MODE,]K=V",
-        help="OpenTelemetry tracing in Triton's spelling (repeatable): level=TIMESTAMPS, "
-        "rate=N, count=N, opentelemetry,url=http://HOST:4318/v1/traces, "
+        "--trace-config", action="extend", nargs="+", metavar="[MODE,]K=V",
+        help="OpenTelemetry tracing in Triton's spelling (repeatable, or several after one "
+        "flag): level=TIMESTAMPS, rate=N, count=N, opentelemetry,url=http://HOST:4318/v1/traces, "
         "opentelemetry,resource=K=V; see docs/monitoring.md",
     )  # fmt: skip
     p.set_defaults(func=run_serve)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving.errors import InvalidInput, ModelNotFound
@@ -138,3 +140,13 @@ def test_unknown_names_share_the_global_sampler() -> None:
     assert s.sampler("made-up-1") is s.sampler("made-up-2") is s.sampler("")
     assert s.sampler("a") is not s.sampler("")
     assert traced(s, "made-up-1", 2) + traced(s, "made-up-2", 2) == 2
+
+
+def test_trace_config_flags_repeat_or_follow_one_flag(tmp_path: Path) -> None:
+    """Triton repeats --trace-config; the contract writes ``--trace-config
+    K=V ...``: both spellings give the same settings."""
+    from devtools.inprocess import settings_for
+
+    repeated, _ = settings_for(tmp_path, ["--trace-config", "rate=3", "--trace-config", "count=5"])
+    together, _ = settings_for(tmp_path, ["--trace-config", "rate=3", "count=5"])
+    assert repeated.trace_config == together.trace_config == ["rate=3", "count=5"]
