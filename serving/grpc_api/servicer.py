@@ -144,18 +144,6 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         the body is parsed here, so a body that is not a message is a clean
         INVALID_ARGUMENT without a wrapper on the hot path. The shared-memory
         regions the request uses are held until its answer is written."""
-        shm = ShmRequest(self.service.shm)
-        try:
-            return await self._infer(request, context, shm)
-        finally:
-            shm.release()
-
-    async def _infer(
-        self,
-        request: pb.ModelInferRequest | bytes,
-        context: grpc.aio.ServicerContext[Any, Any],
-        shm: ShmRequest,
-    ) -> pb.ModelInferResponse:
         started = _now()
         if type(request) is bytes:
             try:
@@ -166,28 +154,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     undecodable_message(f"/{SERVICE_NAME}/ModelInfer", str(exc)),
                 )
         assert isinstance(request, pb.ModelInferRequest)
+        shm = ShmRequest(self.service.shm)
         try:
-            decoded = codec.decode_request(request, shm)
-        except Exception as exc:
-            await self._refuse(request, exc, context)
-        remaining = context.time_remaining()
-        deadline = started + remaining if remaining is not None else None
-        tracing = self.service.tracing
-        trace = (
-            tracing.start_grpc(decoded.model_name, "grpc", context.invocation_metadata(), started)
-            if tracing.on else None
-        )  # fmt: skip
-        try:
-            response = await self.service.infer(decoded, started, deadline, trace)
-            reply = codec.encode_response(response, shm)
-        except ServingError as exc:  # counted by the service; an output too big for its
-            # shared-memory region fails in encode, after it counted the answer
+            try:
+                decoded = codec.decode_request(request, shm)
+            except Exception as exc:
+                await self._refuse(request, exc, context)
+            remaining = context.time_remaining()
+            deadline = started + remaining if remaining is not None else None
+            tracing = self.service.tracing
+            trace = (
+                tracing.start_grpc(decoded.model_name, "grpc", context.invocation_metadata(),
+                                   started) if tracing.on else None
+            )  # fmt: skip
+            try:
+                response = await self.service.infer(decoded, started, deadline, trace)
+                reply = codec.encode_response(response, shm)
+            except ServingError as exc:  # counted by the service; an output too big for its
+                # shared-memory region fails in encode, after it counted the answer
+                if trace is not None:
+                    trace.fail(exc)  # a no-op when the service already ended it
+                await context.abort(to_status(exc), exc.message)
             if trace is not None:
-                trace.fail(exc)  # a no-op when the service already ended it
-            await context.abort(to_status(exc), exc.message)
-        if trace is not None:
-            trace.end()
-        return reply
+                trace.end()
+            return reply
+        finally:
+            shm.release()
 
     async def _refuse(
         self, request: pb.ModelInferRequest, exc: Exception, context: Any
