@@ -69,8 +69,10 @@ def _raw_count(raw: Any, inputs: Any, in_shm: int) -> InvalidInput:
 def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = None) -> InferRequest:
     """``shm``: where inputs and outputs in shared-memory regions are taken
     from (None: such a request is refused)."""
-    raw = msg.raw_input_contents
-    inputs = msg.inputs
+    # Slices: upb iterates a repeated field several times slower than it
+    # copies it out (timeit: tuple(shape) 1.3 µs, shape[:] 0.23 µs).
+    raw = msg.raw_input_contents[:]
+    inputs = msg.inputs[:]
     in_shm = 0  # inputs read from shared memory, which have no raw entry
     if raw and len(raw) > len(inputs):
         raise _raw_count(raw, inputs, in_shm)
@@ -84,7 +86,7 @@ def decode_request(msg: pb.ModelInferRequest, shm: shared.ShmRequest | None = No
                 f"input {quoted(name)} has unknown datatype {quoted(datatype)}; "
                 f"use one of {sorted(DTYPE_BY_DATATYPE)}"
             )
-        shape = tuple(inp.shape)
+        shape = tuple(inp.shape[:])
         if len(shape) > _MAX_RANK:
             raise InvalidInput(f"input {quoted(name)} has rank {len(shape)}, over {_MAX_RANK}")
         has_typed = inp.HasField("contents")
