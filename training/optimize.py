@@ -80,9 +80,7 @@ class OptimizeOutcome:
 
 
 def _versions(model_dir: Path) -> list[int]:
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir()
-    )
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _metadata(onnx: Any, path: Path) -> dict[str, str]:

@@ -120,6 +120,7 @@ def _int8(onnx_bytes: bytes, calibration: np.ndarray | None) -> bytes:
 
     if calibration is None or len(calibration) == 0:
         raise VariantError("int8 needs calibration rows")
+
     class Rows(CalibrationDataReader):  # type: ignore[misc]
         """The calibration rows in batches of `CALIBRATION_BATCH`."""
 
