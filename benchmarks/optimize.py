@@ -13,9 +13,11 @@ both variants are served side by side by one ``dlserve serve``.
   (`training.optimize_report.latency`: median per run, FP32 and INT8 taking
   turns) at batch 1 and 32, on held-out digits;
 - server: perf_analyzer (gRPC unary) at concurrency 1 and 8 with 1 and 32
-  rows per request.
+  rows per request, ``--rounds`` times over every point with FP32 and INT8
+  taking turns; each figure is the median over the rounds (the machine's
+  other load moves single windows by 2x and more).
 
-    .venv/bin/python -m benchmarks.optimize [--interval-ms 1500] [--json out.json]
+    .venv/bin/python -m benchmarks.optimize [--interval-ms 1500] [--rounds 3] [--json out.json]
 
 Prints a markdown report; docs/performance.md holds the latest one.
 """
@@ -27,6 +29,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +78,9 @@ def main() -> int:
                         help="perf_analyzer measurement window")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="in-process: time per figure")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="server: rounds over every point (FP32 and INT8 take turns); "
+                        "the table shows each figure's median over the rounds")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
 
@@ -92,11 +98,13 @@ def main() -> int:
             local[name] = latency(fp32, int8, X, batches=(1, 32), seconds=args.seconds)
         server = start_dlserve(repo, 1)
         try:
-            for name in MODELS:
-                for batch in (1, 32):
-                    for c in (1, 8):
-                        for model in (name, f"{name}-int8"):
-                            rows.append(measure(server, model, "perf-unary", c, args, batch))
+            for r in range(args.rounds):
+                print(f"server, round {r + 1} of {args.rounds} ...", file=sys.stderr, flush=True)
+                for name in MODELS:
+                    for batch in (1, 32):
+                        for c in (1, 8):
+                            for model in (name, f"{name}-int8"):
+                                rows.append(measure(server, model, "perf-unary", c, args, batch))
         finally:
             server.stop()
 
@@ -139,19 +147,27 @@ def render(reports: dict[str, Any], local: dict[str, Any], rows: list[Row],
         for batch, t in by_batch.items():
             out.append(f"| {name} | {batch} | {t['before_us']:.1f} | {t['after_us']:.1f} | "
                        f"x{t['speedup']:.2f} |")  # fmt: skip
-    out += ["", "### Through the server (perf_analyzer, gRPC unary)", "",
+    out += ["", f"### Through the server (perf_analyzer, gRPC unary; median of {args.rounds} "
+            "rounds)", "",
             "| model | conc | rows/req | FP32 req/s | INT8 req/s | INT8/FP32 | FP32 p50 ms "
             "| INT8 p50 ms | FP32 p99 ms | INT8 p99 ms |",
             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    by_key = {(r.model, r.concurrency, r.batch_size): r for r in rows}
+    by_key: dict[tuple[str, int, int], list[Row]] = {}
+    for r in rows:
+        by_key.setdefault((r.model, r.concurrency, r.batch_size), []).append(r)
+
+    def med(key: tuple[str, int, int], field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in by_key[key]))
+
     for name in MODELS:
         for batch in (1, 32):
             for c in (1, 8):
-                a, q = by_key[(name, c, batch)], by_key[(f"{name}-int8", c, batch)]
-                out.append(f"| {name} | {c} | {batch} | {a.throughput_rps:.0f} | "
-                           f"{q.throughput_rps:.0f} | x{q.throughput_rps / a.throughput_rps:.2f} | "
-                           f"{a.p50_ms:.3f} | {q.p50_ms:.3f} | {a.p99_ms:.3f} | "
-                           f"{q.p99_ms:.3f} |")  # fmt: skip
+                a, q = (name, c, batch), (f"{name}-int8", c, batch)
+                rps_a, rps_q = med(a, "throughput_rps"), med(q, "throughput_rps")
+                out.append(f"| {name} | {c} | {batch} | {rps_a:.0f} | {rps_q:.0f} | "
+                           f"x{rps_q / rps_a:.2f} | {med(a, 'p50_ms'):.3f} | "
+                           f"{med(q, 'p50_ms'):.3f} | {med(a, 'p99_ms'):.3f} | "
+                           f"{med(q, 'p99_ms'):.3f} |")  # fmt: skip
     return "\n".join(out)
 
 

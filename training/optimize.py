@@ -193,7 +193,10 @@ def optimize(
 
     split = _split(prov)
     fp32 = src_path.read_bytes()
-    before = optimize_report.session(fp32)
+    try:
+        before = optimize_report.session(fp32)
+    except optimize_report.VariantLoadError as exc:
+        raise OptimizeError(f"{src_path}: {exc}") from None
     shape = before.get_inputs()[0].shape[1:]
     if list(shape) != list(split.input_shape):
         raise OptimizeError(

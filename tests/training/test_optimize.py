@@ -187,6 +187,7 @@ def test_fp16_keeps_fp32_inputs_and_outputs_and_loads_on_cpu(tmp_path: Path) -> 
         (["--model", "custom"], "does not record which data trained it"),
         (["--model", "mlp-spiral", "--version", "3"], "has no version 3"),
         (["--model", "mlp-spiral", "--name", "1234"], "must not be all digits"),
+        (["--model", "broken"], "cannot read"),
     ],
 )
 def test_what_cannot_be_optimized_ends_with_one_line(
@@ -194,6 +195,8 @@ def test_what_cannot_be_optimized_ends_with_one_line(
 ) -> None:
     repo = _repo(tmp_path, "mlp-spiral")
     shutil.copytree(repo / "mlp-spiral", repo / "custom")  # no record, and no such preset
+    shutil.copytree(repo / "mlp-spiral", repo / "broken")
+    (repo / "broken" / "1" / "model.onnx").write_bytes(b"not an onnx file")
     before = _tree(repo)
     assert _optimize(repo, tmp_path / "runs", *args) == 2
     err = capsys.readouterr().err.strip().splitlines()
