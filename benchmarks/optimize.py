@@ -121,7 +121,8 @@ def render(reports: dict[str, Any], local: dict[str, Any], rows: list[Row],
     out = [
         f"Machine: {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
         f"Python {platform.python_version()}, onnxruntime {ort.__version__}. "
-        f"Command: `.venv/bin/python -m benchmarks.optimize --interval-ms {args.interval_ms}`. "
+        f"Command: `.venv/bin/python -m benchmarks.optimize --interval-ms {args.interval_ms} "
+        f"--rounds {args.rounds}`. "
         "Load average (1 min) at start and end: "
         f"{args.load[0][0]:.1f}, {args.load[1][0]:.1f}.",
         "",

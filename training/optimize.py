@@ -235,10 +235,11 @@ def optimize(
     report_dir.mkdir(parents=True, exist_ok=True)
     report_path = report_dir / "optimize.json"
     write_text_atomic(report_path, json.dumps(report, indent=2) + "\n")
+    calibrated = f"calibrated on {len(rows)} training rows, " if to == "int8" else ""
     log(
         f"{to} variant of {model} v{src_version} written as {model_path} "
         f"(training data: {prov.config.dataset}, seed {prov.config.seed}, from {prov.source}; "
-        f"calibrated on {len(rows)} training rows, gated on {cmp.samples} held-out rows)"
+        f"{calibrated}gated on {cmp.samples} held-out rows)"
     )
     log(optimize_report.format_table(report))
     log(f"report {report_path}")

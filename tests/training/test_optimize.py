@@ -146,7 +146,8 @@ def test_a_trained_model_records_its_data_and_a_new_model_is_written(
     assert recorded["dataset"] == "xor" and recorded["seed"] == 7 and recorded["n_samples"] == 400
 
     assert _optimize(repo, runs, "--model", "tiny", "--to", "opt", "--name", "tiny-opt") == 0
-    assert "training data: xor, seed 7, from model metadata" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training data: xor, seed 7, from model metadata; gated on 100 held-out rows" in out
     report = json.loads((runs / "tiny-opt" / "v1" / "optimize.json").read_text())
     assert report["training"]["source"] == "model metadata"
     assert report["held_out"]["rows"] == 100  # 25% of the 400 recorded samples
