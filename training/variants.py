@@ -9,11 +9,13 @@ whether a variant is kept: `training.optimize` gates it on held-out data.
 
 - ``opt``: ONNX Runtime's offline graph optimization
   (``SessionOptions.optimized_model_filepath``) at ``ORT_ENABLE_BASIC``:
-  constant folding, redundant-node elimination and the fusions that stay
-  within standard ONNX operators, so the file runs on any execution provider
-  (CPU, CUDA) and in Triton's onnxruntime backend. ``EXTENDED`` would add
-  ``com.microsoft`` fused kernels placed for the provider that optimized it,
-  which ONNX Runtime's documentation says to run only there. The server's
+  constant folding, redundant-node elimination and semantics-preserving
+  fusions, which ONNX Runtime runs before graph partitioning, so they apply
+  to every execution provider and the file stays plain ONNX that runs on CPU,
+  CUDA and in Triton's onnxruntime backend. ``EXTENDED`` fusions run after
+  partitioning, only on nodes given to the CPU or CUDA provider, and write
+  ``com.microsoft`` fused operators chosen for the provider of the session
+  that saved the file (ONNX Runtime's "Graph Optimizations" page). The server's
   sessions apply ``ORT_ENABLE_ALL`` online anyway: what ``opt`` saves is the
   work at load, not per request.
 - ``int8``: ``onnxruntime.quantization.quantize_static`` in QDQ format,

@@ -157,6 +157,8 @@ def test_a_trained_model_records_its_data_and_a_new_model_is_written(
     assert 'name: "tiny-opt"' in (repo / "tiny-opt" / "config.pbtxt").read_text()
     assert sorted(p.name for p in (repo / "tiny").iterdir()) == ["1", "config.pbtxt", "labels.txt"]
     assert _metadata(repo / "tiny-opt" / "1" / "model.onnx")[VARIANT_KEY] == "opt"
+    graph = onnx.load(str(repo / "tiny-opt" / "1" / "model.onnx")).graph
+    assert {n.domain for n in graph.node} == {""}  # BASIC: plain ONNX, any provider
 
     import tritonclient.grpc as grpcclient
 
