@@ -136,10 +136,12 @@ def _int8(onnx_bytes: bytes, calibration: np.ndarray | None) -> bytes:
 
     reader = Rows(calibration)
     source = onnx.load_from_string(onnx_bytes)
+    for i, node in enumerate(source.graph.node):  # exclusion is by name: "" would match all
+        node.name = node.name or f"{node.op_type}_{i}"
     softmax = [n.name for n in source.graph.node if n.op_type == "Softmax"]
     with tempfile.TemporaryDirectory(prefix="dlserve-int8-") as tmp, _quiet():
         src, out = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_bytes)
+        src.write_bytes(source.SerializeToString())
         quantize_static(
             str(src),
             str(out),
