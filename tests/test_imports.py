@@ -38,9 +38,11 @@ PACKAGES = ("dlserve", "serving", "training", "devtools", "benchmarks", "scripts
 ENTRY_POINTS = {"dlserve.__main__", "serving.__main__", "training.__main__"}
 #: The command-line layer: the only modules that raise `CliError`.
 CLI_LAYER_PACKAGES = ("dlserve",)
-CLI_LAYER_MODULES = {"serving.cli", "training.cli"}
+CLI_LAYER_MODULES = {"serving.cli", "training.cli", "training.optimize_cli"}
 #: Distributions of the `train` extra (pyproject.toml), by import name.
-TRAIN_ONLY = {"torch", "onnx", "onnxscript", "matplotlib", "sklearn", "tqdm"}
+TRAIN_ONLY = {
+    "torch", "onnx", "onnxscript", "matplotlib", "sklearn", "tqdm", "onnxconverter_common"
+}  # fmt: skip
 
 
 @dataclass
@@ -247,7 +249,9 @@ def _reached_at_import(start: str) -> set[str]:
 #: What a serving-only install imports: its packages, and the training CLI that
 #: `dlserve --help` registers.
 SERVING_INSTALL = sorted(
-    n for n in graph() if n.split(".")[0] in ("dlserve", "serving") or n == "training.cli"
+    n
+    for n in graph()
+    if n.split(".")[0] in ("dlserve", "serving") or n in ("training.cli", "training.optimize_cli")
 )
 
 

@@ -79,9 +79,12 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``train`` and ``experiment`` to the ``dlserve`` subparsers."""
+    """Add ``train``, ``experiment`` and ``optimize`` to the ``dlserve`` subparsers."""
+    from training import optimize_cli
+
     _register_train(subparsers)
     _register_experiment(subparsers)
+    optimize_cli.register(subparsers)
 
 
 def _register_train(subparsers: Any) -> None:

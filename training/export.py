@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -119,11 +119,18 @@ def _quiet_exporter() -> None:
     logging.getLogger("onnxscript").setLevel(logging.ERROR)
 
 
-def to_onnx(model: nn.Module, example: np.ndarray, opset: int = OPSET) -> bytes:
+def to_onnx(
+    model: nn.Module,
+    example: np.ndarray,
+    opset: int = OPSET,
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
     """Serialized ONNX of ``Exportable(model)`` (``model`` maps raw input to logits).
 
     ``example`` is a batch of real inputs ``[b, ...]`` (b >= 2, so the batch
     dimension is not specialised); the batch axis is exported as dynamic.
+    ``metadata`` goes into the model's ``metadata_props`` (the training run's
+    record, `training.provenance`).
     """
     import onnx
 
@@ -150,6 +157,8 @@ def to_onnx(model: nn.Module, example: np.ndarray, opset: int = OPSET) -> bytes:
     proto.ir_version = min(proto.ir_version, IR_VERSION) if proto.ir_version else IR_VERSION
     proto.producer_name = "dlserve"
     _strip_debug_metadata(proto)
+    for key, value in (metadata or {}).items():
+        proto.metadata_props.add(key=key, value=value)
     data = proto.SerializeToString()
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
@@ -226,6 +235,7 @@ def export_to_repository(
     max_batch_size: int,
     tolerance: float = PARITY_TOLERANCE,
     opset: int = OPSET,
+    metadata: Mapping[str, str] | None = None,
 ) -> ExportResult:
     """Export ``model`` (raw input -> logits), verify parity, add a version.
 
@@ -236,7 +246,7 @@ def export_to_repository(
 
     started = time.perf_counter()
     model = model.eval()
-    data = to_onnx(model, example, opset=opset)
+    data = to_onnx(model, example, opset=opset, metadata=metadata)
     parity = check_parity(model, data, X_parity, tolerance)
     if not parity.passed:
         raise ParityError(

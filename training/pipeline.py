@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import datasets, engine, report
+from training import datasets, engine, provenance, report
 from training.config import TrainConfig
 from training.export import PARITY_TOLERANCE, ExportResult, export_to_repository
 from training.models import (
@@ -197,6 +197,7 @@ def run(
             X_parity=split.X_val,
             max_batch_size=cfg.max_batch_size,
             tolerance=parity_tolerance,
+            metadata=provenance.metadata_for(cfg),
         )
         outcome.export = result
         t_export = time.perf_counter()
@@ -311,8 +312,7 @@ def _training_summary(history: engine.History | None, pla: PerceptronResult | No
     if pla is not None:
         state = "converged" if pla.converged else "did not converge"
         return f"perceptron learning algorithm {state} after {pla.epochs} epochs"
-    assert history is not None
-    return f"{history.epochs} epochs"
+    return f"{history.epochs} epochs" if history is not None else "no training"
 
 
 def _plots(
