@@ -14,11 +14,11 @@ missing train extra, and a refused export's exit code 1.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from dlserve.argparsing import non_negative_int, number, positive_int
 from dlserve.errors import CliError
 from training.config import ACTIVATIONS, DATASETS, MODELS, OPTIMIZERS, TrainConfig
 from training.presets import PRESETS
@@ -27,43 +27,6 @@ __all__ = ["register"]
 
 EXPERIMENTS = ("activations", "perceptron-limits", "optimizers", "sensitivity")
 TRAIN_EXTRA_HINT = "training needs the train extra: pip install -e '.[train]'"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _float(minimum: float, inclusive: bool) -> Any:
-    what = f"a number {'>=' if inclusive else '>'} {minimum:g}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        ok = value >= minimum if inclusive else value > minimum
-        if not (math.isfinite(value) and ok):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -124,39 +87,39 @@ def _register_train(subparsers: Any) -> None:
     )
     hp.add_argument("--activation", choices=ACTIVATIONS)
     hp.add_argument("--optimizer", choices=OPTIMIZERS)
-    hp.add_argument("--lr", type=_float(0.0, inclusive=False), metavar="X", help="learning rate")
+    hp.add_argument("--lr", type=number(0.0, inclusive=False), metavar="X", help="learning rate")
     hp.add_argument(
         "--epochs",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="epochs (for the perceptron: the PLA's limit)",
     )
     hp.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="B",
         help="mini-batch size (default: full batch)",
     )
-    hp.add_argument("--weight-decay", type=_float(0.0, inclusive=True), metavar="W")
+    hp.add_argument("--weight-decay", type=number(0.0, inclusive=True), metavar="W")
     hp.add_argument(
         "--label-smoothing",
-        type=_float(0.0, inclusive=True),
+        type=number(0.0, inclusive=True),
         metavar="E",
         help="cross-entropy label smoothing in [0, 1) (default 0.05: keeps logits small)",
     )
     hp.add_argument(
-        "--seed", type=_non_negative_int, metavar="S", help="random seed (data, init, order)"
+        "--seed", type=non_negative_int, metavar="S", help="random seed (data, init, order)"
     )
     hp.add_argument(
         "--samples",
-        type=_positive_int,
+        type=positive_int,
         dest="n_samples",
         metavar="N",
         help="2-D sets: points (default 1000)",
     )
     hp.add_argument(
         "--noise",
-        type=_float(0.0, inclusive=True),
+        type=number(0.0, inclusive=True),
         metavar="SD",
         help="2-D sets: noise (std of the jitter)",
     )
@@ -187,7 +150,7 @@ def _register_experiment(subparsers: Any) -> None:
     )
     p.add_argument("name", metavar="NAME", choices=EXPERIMENTS, help=", ".join(EXPERIMENTS))
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: the experiment's)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default: runs/experiments/NAME)")
     p.add_argument("--quick", action="store_true", help="fewer epochs and settings (smoke run)")
     p.set_defaults(func=_experiment)

@@ -9,42 +9,15 @@ refused export does); other `training.errors.TrainingError`s exit 2 through
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
+from dlserve.argparsing import number, positive_int
 from dlserve.errors import CliError
 
 __all__ = ["register"]
 
 KINDS = ("int8", "fp16", "opt")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _finite(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -70,26 +43,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--to", choices=KINDS, default="int8", help="the variant (default int8)")
     p.add_argument(
         "--calibration",
-        type=_positive_int,
+        type=positive_int,
         default=256,
         metavar="N",
         help="int8: training rows to calibrate on (default 256)",
     )
     p.add_argument(
         "--max-accuracy-drop",
-        type=_finite,
+        type=number(),
         default=0.5,
         metavar="PCT",
         help="largest held-out accuracy drop allowed, in percentage points (default 0.5)",
     )
     p.add_argument("--name", metavar="NEW", help="write a new model NEW instead of a version")
     p.add_argument(
-        "--version", type=_positive_int, metavar="V", help="the FP32 version to start from"
+        "--version", type=positive_int, metavar="V", help="the FP32 version to start from"
     )
     p.add_argument("--runs-dir", default="runs", metavar="DIR", help="report folder (runs)")
     p.add_argument(
         "--latency-seconds",
-        type=_positive,
+        type=number(0.0, inclusive=False),
         default=0.3,
         metavar="S",
         help="time spent on each latency figure (default 0.3)",
