@@ -300,6 +300,15 @@ def _result(
                        errors, rps, rps * args.batch_size, p50, p90, p99, dict(codes))  # fmt: skip
 
 
+def measure(args: argparse.Namespace, levels: list[int]) -> list[LevelResult]:
+    """Run the levels (the fields ``main`` reads from ``args``); for ``dlserve tune``."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - non-Linux
+        return asyncio.run(_run(args, levels))
+    return uvloop.run(_run(args, levels))
+
+
 def main(args: argparse.Namespace) -> int:
     from dlserve.http_client import resolve
 
@@ -308,12 +317,7 @@ def main(args: argparse.Namespace) -> int:
         raise ClientError("--duration must be > 0 and --warmup >= 0")
     if args.batch_size < 1:
         raise ClientError("--batch-size must be >= 1")
-    try:
-        import uvloop
-
-        results = uvloop.run(_run(args, levels))
-    except ImportError:  # pragma: no cover
-        results = asyncio.run(_run(args, levels))
+    results = measure(args, levels)
     mode = "ModelStreamInfer" if args.streaming else "ModelInfer"
     if resolve(args.url, getattr(args, "protocol", None))[0] == "http":
         mode = "REST infer"

@@ -41,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
 
+    from dlserve import tune
     from serving import cli as serving_cli
     from training import cli as training_cli
 
     training_cli.register(sub)
     serving_cli.register(sub)
+    tune.register(sub)
     return parser
 
 
