@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 from devtools.ports import free_port
 from devtools.serverproc import (
@@ -125,7 +126,7 @@ class InProcessServer(LoopbackServer):
         started: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=self._run,
-            args=(App, settings, load_models, started),
+            args=(functools.partial(self._main, App, settings, load_models, started), started),
             name="inprocess-server",
             daemon=True,
         )
@@ -150,18 +151,18 @@ class InProcessServer(LoopbackServer):
 
     def _run(
         self,
-        app_class: Any,
-        settings: Any,
-        load_models: list[str],
+        main: Callable[[], Coroutine[Any, Any, None]],
         started: concurrent.futures.Future[Any],
     ) -> None:
+        """The thread's body: ``main()`` on a uvloop loop of its own; a failure
+        before ``main`` reported the start goes to ``started``."""
         import uvloop
 
         loop = uvloop.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(self._main(app_class, settings, load_models, started))
+            loop.run_until_complete(main())
             self._exit.set_result(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             if not started.done():
