@@ -15,16 +15,9 @@ import pytest
 
 from devtools.inprocess import settings_for
 from dlserve.cli import main
+from serving import errors
 from serving import shm as shared
 from serving._generated import grpc_service_pb2 as pb
-from serving.errors import (
-    InvalidInput,
-    SharedMemoryDisabled,
-    SharedMemoryExists,
-    SharedMemoryKeyError,
-    SharedMemoryNotFound,
-    SharedMemoryRangeError,
-)
 from serving.grpc_api import codec as grpc_codec
 from serving.http_api import codec as http_codec
 from serving.shm import RegionStatus, SharedMemoryRegistry, ShmRequest
@@ -58,14 +51,14 @@ def test_register_status_unregister(registry: SharedMemoryRegistry, objects: Shm
     registry.unregister("never-registered")  # not an error, as in Triton
     registry.unregister()
     assert registry.status() == []
-    with pytest.raises(SharedMemoryNotFound, match="no system shared-memory region 'a'"):
+    with pytest.raises(errors.SharedMemoryNotFound, match="no system shared-memory region 'a'"):
         registry.status("a")
 
 
 def test_a_name_is_registered_once(registry: SharedMemoryRegistry, objects: ShmObjects) -> None:
     key = objects.create(size=64)
     registry.register("a", key, 0, 64)
-    with pytest.raises(SharedMemoryExists, match="'a' is already registered"):
+    with pytest.raises(errors.SharedMemoryExists, match="'a' is already registered"):
         registry.register("a", key, 0, 32)
     assert registry.status() == [RegionStatus("a", key, 0, 64)]
 
@@ -88,7 +81,7 @@ def test_a_name_is_registered_once(registry: SharedMemoryRegistry, objects: ShmO
 def test_keys_that_are_no_shm_object_are_refused(
     registry: SharedMemoryRegistry, key: str, fragment: str
 ) -> None:
-    with pytest.raises(SharedMemoryKeyError, match=fragment):
+    with pytest.raises(errors.SharedMemoryKeyError, match=fragment):
         registry.register("r", key, 0, 8)
     assert registry.status() == []
 
@@ -96,16 +89,16 @@ def test_keys_that_are_no_shm_object_are_refused(
 def test_a_link_out_of_dev_shm_is_refused(
     registry: SharedMemoryRegistry, objects: ShmObjects
 ) -> None:
-    with pytest.raises(SharedMemoryKeyError, match="symbolic link"):
+    with pytest.raises(errors.SharedMemoryKeyError, match="symbolic link"):
         registry.register("r", objects.symlink("/etc/passwd"), 0, 8)
 
 
 def test_a_fifo_or_folder_is_refused_without_blocking(
     registry: SharedMemoryRegistry, objects: ShmObjects
 ) -> None:
-    with pytest.raises(SharedMemoryKeyError, match="not a regular file"):
+    with pytest.raises(errors.SharedMemoryKeyError, match="not a regular file"):
         registry.register("r", objects.fifo(), 0, 8)  # O_NONBLOCK: no writer needed
-    with pytest.raises(SharedMemoryKeyError, match="cannot be opened"):
+    with pytest.raises(errors.SharedMemoryKeyError, match="cannot be opened"):
         registry.register("r", objects.directory(), 0, 8)
 
 
@@ -123,7 +116,7 @@ def test_a_region_must_lie_inside_its_object(
     registry: SharedMemoryRegistry, objects: ShmObjects, offset: int, byte_size: int, fragment: str
 ) -> None:
     key = objects.create(size=64)
-    with pytest.raises(SharedMemoryRangeError, match=fragment):
+    with pytest.raises(errors.SharedMemoryRangeError, match=fragment):
         registry.register("r", key, offset, byte_size)
     assert registry.status() == []
 
@@ -135,7 +128,7 @@ def test_the_number_of_regions_is_bounded(
     key = objects.create(size=64)
     for i in range(shared.MAX_REGIONS):
         registry.register(f"r{i}", key, 0, 64)
-    with pytest.raises(InvalidInput, match=f"{shared.MAX_REGIONS} shared-memory regions"):
+    with pytest.raises(errors.InvalidInput, match=f"{shared.MAX_REGIONS} shared-memory regions"):
         registry.register("one-more", key, 0, 64)
     registry.unregister("r0")
     registry.register("one-more", key, 0, 64)
@@ -150,7 +143,7 @@ def test_off_refuses_everything_naming_the_flag(objects: ShmObjects) -> None:
         lambda: registry.unregister(),
         lambda: ShmRequest(registry).input("x", "FP32", (1,), ("r", 0, 4)),
     ):
-        with pytest.raises(SharedMemoryDisabled, match="--allow-client-shm"):
+        with pytest.raises(errors.SharedMemoryDisabled, match="--allow-client-shm"):
             call()
 
 
@@ -186,13 +179,13 @@ def test_input_bounds(
 ) -> None:
     registry.register("r", objects.create(size=64), 0, 64)
     request = ShmRequest(registry)
-    with pytest.raises(SharedMemoryRangeError, match=fragment):
+    with pytest.raises(errors.SharedMemoryRangeError, match=fragment):
         request.input("x", "FP32", (2, 3), where)
     request.release()
 
 
 def test_an_unknown_region_in_a_request(registry: SharedMemoryRegistry) -> None:
-    with pytest.raises(SharedMemoryNotFound, match="'nope' is registered"):
+    with pytest.raises(errors.SharedMemoryNotFound, match="'nope' is registered"):
         ShmRequest(registry).input("x", "FP32", (1,), ("nope", 0, 4))
 
 
@@ -203,7 +196,7 @@ def test_a_shrunk_object_is_an_error_not_a_crash(
     key = objects.create(size=8192)
     registry.register("r", key, 0, 8192)
     objects.truncate(key, 100)
-    with pytest.raises(SharedMemoryRangeError, match="now holds 100 bytes"):
+    with pytest.raises(errors.SharedMemoryRangeError, match="now holds 100 bytes"):
         ShmRequest(registry).input("x", "FP32", (2,), ("r", 4096, 8))
 
 
@@ -240,10 +233,10 @@ def test_an_output_larger_than_its_bytes_is_refused(
     registry.register("r", key, 0, 64)
     request = ShmRequest(registry)
     request.output("y", ("r", 0, 20))
-    with pytest.raises(SharedMemoryRangeError, match="'y' is 24 bytes, but its .* is 20"):
+    with pytest.raises(errors.SharedMemoryRangeError, match="'y' is 24 bytes, but its .* is 20"):
         request.write(Tensor("y", "FP32", (6,), FLOATS))
     assert objects.read(key, 24) == b"\0" * 24  # nothing written
-    with pytest.raises(SharedMemoryRangeError, match="runs past the end"):
+    with pytest.raises(errors.SharedMemoryRangeError, match="runs past the end"):
         request.output("y", ("r", 60, 8))
     request.release()
 
@@ -259,7 +252,7 @@ def test_unregister_while_in_use_closes_at_the_last_release(
     (region,) = first.held
     registry.unregister()
     assert registry.status() == []
-    with pytest.raises(SharedMemoryNotFound):
+    with pytest.raises(errors.SharedMemoryNotFound):
         ShmRequest(registry).input("x", "FP32", (6,), ("r", 0, 24))
     # Both requests still read and write their region.
     np.testing.assert_array_equal(a.data, FLOATS)
@@ -303,7 +296,7 @@ def test_release_closes_the_mapping_once_unused(
     ],
 )
 def test_parameters_are_checked(params: dict[str, object], fragment: str) -> None:
-    with pytest.raises(InvalidInput, match=fragment):
+    with pytest.raises(errors.InvalidInput, match=fragment):
         shared.parameters(params, "input", "x")
 
 
@@ -358,7 +351,7 @@ def test_no_descriptor_outlives_its_region(
     before = len(os.listdir("/proc/self/fd"))
     registry.register("r", key, 0, 64)
     assert len(os.listdir("/proc/self/fd")) == before + 1  # the mapping's own
-    with pytest.raises(SharedMemoryRangeError):
+    with pytest.raises(errors.SharedMemoryRangeError):
         registry.register("s", key, 0, 65)  # a refused registration keeps none
     registry.unregister()
     assert len(os.listdir("/proc/self/fd")) == before
@@ -387,10 +380,14 @@ def test_grpc_raw_entries_pair_with_the_inputs_not_in_shared_memory(
     got = {t.name: t.data.tolist() for t in decoded.inputs}
     assert got == {"first": [7, 8], "second": FLOATS.tolist(), "third": [9]}
     msg.raw_input_contents.append(b"\0" * 4)
-    with pytest.raises(InvalidInput, match="has 3 entries for 2 inputs not in shared memory"):
+    with pytest.raises(
+        errors.InvalidInput, match="has 3 entries for 2 inputs not in shared memory"
+    ):
         grpc_codec.decode_request(msg, request)
     del msg.raw_input_contents[1:]
-    with pytest.raises(InvalidInput, match="has 1 entries for 2 inputs not in shared memory"):
+    with pytest.raises(
+        errors.InvalidInput, match="has 1 entries for 2 inputs not in shared memory"
+    ):
         grpc_codec.decode_request(msg, request)
     request.release()
 
@@ -402,10 +399,10 @@ def test_grpc_an_input_in_shared_memory_with_contents_too(
     msg = pb.ModelInferRequest(model_name="m")
     _shm_input(msg, "x", "r", 8)
     msg.inputs[0].contents.fp32_contents.extend([1.0, 2.0])
-    with pytest.raises(InvalidInput, match="in shared memory and has typed contents too"):
+    with pytest.raises(errors.InvalidInput, match="in shared memory and has typed contents too"):
         grpc_codec.decode_request(msg, ShmRequest(registry))
     msg.inputs[0].ClearField("contents")
-    with pytest.raises(InvalidInput, match="not supported on this call"):
+    with pytest.raises(errors.InvalidInput, match="not supported on this call"):
         grpc_codec.decode_request(msg)  # a caller that holds no regions
 
 
@@ -440,7 +437,9 @@ def test_http_an_input_in_shared_memory_with_data_too(
     params = {shared.REGION: "r", shared.BYTE_SIZE: 8}
     header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1, 2],
                           "parameters": params}]}  # fmt: skip
-    with pytest.raises(InvalidInput, match="in shared memory and has data or binary_data_size"):
+    with pytest.raises(
+        errors.InvalidInput, match="in shared memory and has data or binary_data_size"
+    ):
         http_codec.decode_request(header, memoryview(b""), "m", "", ShmRequest(registry))
     del header["inputs"][0]["data"]
     decoded = http_codec.decode_request(header, memoryview(b""), "m", "", ShmRequest(registry))
