@@ -341,7 +341,7 @@ class DynamicBatcher:
     ) -> None:
         """Get the batch's outputs from ``produce(arg)`` and answer its jobs;
         any failure fails exactly these jobs."""
-        rows = sum(job.rows for job in jobs)
+        rows = jobs[0].rows if len(jobs) == 1 else sum([job.rows for job in jobs])
         try:
             outputs, compute, cpu = produce(arg)
             for out in outputs:

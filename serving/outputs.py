@@ -19,10 +19,10 @@ def outputs(
     specs = loaded.signature.outputs
     batching = loaded.signature.batching
     if not requested:
-        return tuple(
+        return tuple([
             Tensor(name, specs[name].datatype, arrays[i].shape, arrays[i])
             for name, i in index.items()
-        )
+        ])  # fmt: skip
     out = []
     for req in requested:
         array = arrays[index[req.name]]

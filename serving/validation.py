@@ -173,8 +173,9 @@ class ModelSignature:
                         f"must be positive (a batch needs at least one row)"
                     )
             dims = shape[1:] if self.batching else shape
-            if len(dims) != len(spec.dims) or any(
-                w != -1 and w != d for w, d in zip(spec.dims, dims, strict=False)
+            if dims != spec.dims and (  # equal: the common case, one comparison
+                len(dims) != len(spec.dims)
+                or any(w != -1 and w != d for w, d in zip(spec.dims, dims, strict=False))
             ):
                 raise InvalidInput(
                     f"input {quoted(tensor.name)} has shape {list(shape)}, expected "
