@@ -27,16 +27,27 @@ class Duration:
 
 @dataclass(slots=True)
 class VersionStats:
+    """Triton's InferStatistics of one version. The five durations of a
+    successful request share their counts, so a request costs two counts
+    and five float additions, no call (timeit here: 1.25 -> 0.6 µs against
+    five ``Duration.add``); ``inference_stats`` builds the durations when read."""
+
     inference_count: int = 0  # rows inferred
     execution_count: int = 0  # onnxruntime runs (batches)
     #: time.time() of the last answer (0: none yet); Triton reports it in ms.
     last_inference: float = 0.0
-    success: Duration = field(default_factory=Duration)
+    #: Requests answered (model runs and cache hits), and those the model ran.
+    answered: int = 0
+    computed: int = 0
+    #: Seconds summed over those requests: arrival to answer and waiting in
+    #: the queue (answered); decode and validation, onnxruntime, and
+    #: shaping the answer (computed).
+    total_s: float = 0.0
+    queue_s: float = 0.0
+    input_s: float = 0.0
+    infer_s: float = 0.0
+    output_s: float = 0.0
     fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    compute_input: Duration = field(default_factory=Duration)
-    compute_infer: Duration = field(default_factory=Duration)
-    compute_output: Duration = field(default_factory=Duration)
     #: Response cache: lookup time of hits; lookup and insert time of misses.
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
@@ -53,33 +64,23 @@ class VersionStats:
     def record_success(
         self, rows: int, total: float, prep: float, queue: float, compute: float, post: float
     ) -> None:
-        # Once per request: the five ``Duration.add`` calls written out (timeit
-        # here: 1.25 -> 0.61 µs a request).
         self.inference_count += rows
         self.last_inference = time.time()
-        d = self.success
-        d.count += 1
-        d.seconds += total
-        d = self.queue
-        d.count += 1
-        d.seconds += queue
-        d = self.compute_input
-        d.count += 1
-        d.seconds += prep
-        d = self.compute_infer
-        d.count += 1
-        d.seconds += compute
-        d = self.compute_output
-        d.count += 1
-        d.seconds += post
+        self.answered += 1
+        self.computed += 1
+        self.total_s += total
+        self.queue_s += queue
+        self.input_s += prep
+        self.infer_s += compute
+        self.output_s += post
 
     def record_cache_hit(self, total: float, lookup: float) -> None:
         """An answer from the response cache. As Triton counts it: in
         success and queue (a hit waits in no queue: 0 ns), not in
         inference_count, execution_count or compute."""
         self.last_inference = time.time()
-        self.success.add(total)
-        self.queue.add(0.0)
+        self.answered += 1
+        self.total_s += total
         self.cache_hit.add(lookup)
 
     def record_failure(self, total: float) -> None:
@@ -88,6 +89,20 @@ class VersionStats:
     @property
     def last_inference_ms(self) -> int:
         return int(self.last_inference * 1000)
+
+    def inference_stats(self) -> dict[str, Duration]:
+        """Triton's InferStatistics durations by field name, in its order."""
+        answered, computed = self.answered, self.computed
+        return {
+            "success": Duration(answered, self.total_s),
+            "fail": self.fail,
+            "queue": Duration(answered, self.queue_s),
+            "compute_input": Duration(computed, self.input_s),
+            "compute_infer": Duration(computed, self.infer_s),
+            "compute_output": Duration(computed, self.output_s),
+            "cache_hit": self.cache_hit,
+            "cache_miss": self.cache_miss,
+        }
 
 
 @dataclass(frozen=True, slots=True)

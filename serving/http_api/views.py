@@ -91,16 +91,7 @@ def _version_stats(version: VersionStatistics) -> dict[str, Any]:
         "last_inference": s.last_inference_ms,
         "inference_count": s.inference_count,
         "execution_count": s.execution_count,
-        "inference_stats": {
-            "success": _duration(s.success),
-            "fail": _duration(s.fail),
-            "queue": _duration(s.queue),
-            "compute_input": _duration(s.compute_input),
-            "compute_infer": _duration(s.compute_infer),
-            "compute_output": _duration(s.compute_output),
-            "cache_hit": _duration(s.cache_hit),
-            "cache_miss": _duration(s.cache_miss),
-        },
+        "inference_stats": {field: _duration(d) for field, d in s.inference_stats().items()},
         "batch_stats": [
             {
                 "batch_size": size,
