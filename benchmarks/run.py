@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import http_rows  # noqa: E402
 from devtools.onnx_models import config_text, mlp  # noqa: E402
 from devtools.ports import free_port  # noqa: E402
+from dlserve.processes import terminate  # noqa: E402
 from serving._generated import model_config_pb2 as mc  # noqa: E402
 
 BIN = Path(sys.executable).parent
@@ -198,11 +198,7 @@ class Proc:
         return count
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc, 60)
 
 
 def start_dlserve(repo: Path, workers: int) -> Proc:

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from types import TracebackType
 from typing import Any, Mapping
 
 from dlserve.errors import ClientError, CliError
+from dlserve.processes import terminate
 from dlserve.tune_search import Level, settle
 
 #: The point's keys (dlserve.tune builds the space with these names).
@@ -180,14 +180,8 @@ class CandidateServer:
         raise CandidateFailed(f"server not serving after {self.timeout:g}s: {self._reason()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 30)
 
     def __enter__(self) -> "CandidateServer":
         try:

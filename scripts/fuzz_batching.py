@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +48,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from devtools.onnx_models import slow_nodes  # noqa: E402
 from devtools.procs import rss_kb  # noqa: E402
+from dlserve.processes import terminate  # noqa: E402
 from serving._generated import grpc_service_pb2 as pb  # noqa: E402
 from serving._generated import grpc_service_pb2_grpc as pb_grpc  # noqa: E402
 
@@ -528,15 +528,9 @@ class Server:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = terminate(self.proc, 60)
         self._log.close()
-        return int(self.proc.returncode)
+        return code
 
 
 def ready_models(stub: pb_grpc.GRPCInferenceServiceStub) -> set[str]:

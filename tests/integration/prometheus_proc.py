@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from dlserve.processes import terminate
 from tests.deploy import promql
 from tests.support import free_port
 
@@ -77,13 +78,7 @@ class Prometheus:
         raise AssertionError(f"prometheus not ready:\n{self.log.read_text()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         self._log.close()
 
 
