@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.config import DATASETS, DATASETS_2D
+from training.config import DATASETS, DATASETS_2D, TrainConfig
 
 __all__ = [
     "DATASETS",
@@ -26,6 +26,7 @@ __all__ = [
     "Split",
     "load",
     "load_digits",
+    "load_for",
     "make_2d",
     "train_val_split",
 ]
@@ -208,3 +209,14 @@ def load(
     X, y = make_2d(name, n_samples=n_samples, noise=noise, seed=seed)
     X_train, X_val, y_train, y_val = train_val_split(X, y, val_fraction, seed)
     return Split(name, X_train, y_train, X_val, y_val, LABELS[name])
+
+
+def load_for(cfg: TrainConfig) -> Split:
+    """The split ``cfg`` trains on (and a variant of its model is checked on)."""
+    return load(
+        cfg.dataset,
+        n_samples=cfg.n_samples,
+        noise=cfg.noise,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+    )

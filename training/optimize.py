@@ -151,17 +151,6 @@ def _write(source_dir: Path, target_dir: Path, data: bytes) -> int:
         raise
 
 
-def _split(prov: Provenance) -> datasets.Split:
-    cfg = prov.config
-    return datasets.load(
-        cfg.dataset,
-        n_samples=cfg.n_samples,
-        noise=cfg.noise,
-        seed=cfg.seed,
-        val_fraction=cfg.val_fraction,
-    )
-
-
 def optimize(
     repository: Path,
     model: str,
@@ -191,7 +180,7 @@ def optimize(
     preflight(repository, target)
     check_repository_writable(runs_dir, target)
 
-    split = _split(prov)
+    split = datasets.load_for(prov.config)
     fp32 = src_path.read_bytes()
     try:
         before = optimize_report.session(fp32)

@@ -102,13 +102,7 @@ def run(
     threads_before = torch.get_num_threads()
     torch.set_num_threads(_threads_for(cfg))
     try:
-        split = datasets.load(
-            cfg.dataset,
-            n_samples=cfg.n_samples,
-            noise=cfg.noise,
-            seed=cfg.seed,
-            val_fraction=cfg.val_fraction,
-        )
+        split = datasets.load_for(cfg)
         t_data = time.perf_counter()
         engine.seed_everything(cfg.seed)
         history: engine.History | None = None

@@ -21,63 +21,53 @@ from training.config import TrainConfig
 
 __all__ = ["PRESETS", "preset_config"]
 
+
+def _mlp(dataset: str, hidden: tuple[int, ...], epochs: int) -> TrainConfig:
+    """The ``mlp-<dataset>`` preset: an MLP of ``hidden`` ReLU layers, Adam at lr 0.01."""
+    name = f"mlp-{dataset}"
+    return TrainConfig(
+        name=name,
+        preset=name,
+        dataset=dataset,
+        model="mlp",
+        hidden=hidden,
+        activation="relu",
+        optimizer="adam",
+        lr=0.01,
+        epochs=epochs,
+    )
+
+
 PRESETS: dict[str, TrainConfig] = {
-    "perceptron-linear": TrainConfig(
-        name="perceptron-linear",
-        preset="perceptron-linear",
-        dataset="linear",
-        model="perceptron",
-        hidden=(),
-        lr=1.0,
-        epochs=100,  # PLA epoch limit; it converges in a few epochs
-    ),
-    # The seed's network: six hidden layers of 8, ReLU, Adam.
-    "mlp-circle": TrainConfig(
-        name="mlp-circle",
-        preset="mlp-circle",
-        dataset="circle",
-        model="mlp",
-        hidden=(8, 8, 8, 8, 8, 8),
-        activation="relu",
-        optimizer="adam",
-        lr=0.01,
-        epochs=300,
-    ),
-    "mlp-xor": TrainConfig(
-        name="mlp-xor",
-        preset="mlp-xor",
-        dataset="xor",
-        model="mlp",
-        hidden=(8, 8),
-        activation="relu",
-        optimizer="adam",
-        lr=0.01,
-        epochs=300,
-    ),
-    "mlp-spiral": TrainConfig(
-        name="mlp-spiral",
-        preset="mlp-spiral",
-        dataset="spiral",
-        model="mlp",
-        hidden=(32, 32, 32),
-        activation="relu",
-        optimizer="adam",
-        lr=0.01,
-        epochs=1000,
-    ),
-    "digits-cnn": TrainConfig(
-        name="digits-cnn",
-        preset="digits-cnn",
-        dataset="digits",
-        model="cnn",
-        hidden=(),
-        activation="relu",
-        optimizer="adam",
-        lr=0.002,
-        epochs=15,
-        batch_size=64,
-        max_batch_size=256,
-    ),
+    cfg.name: cfg
+    for cfg in (
+        TrainConfig(
+            name="perceptron-linear",
+            preset="perceptron-linear",
+            dataset="linear",
+            model="perceptron",
+            hidden=(),
+            lr=1.0,
+            epochs=100,  # PLA epoch limit; it converges in a few epochs
+        ),
+        # The seed's network: six hidden layers of 8, ReLU, Adam.
+        _mlp("circle", (8, 8, 8, 8, 8, 8), epochs=300),
+        _mlp("xor", (8, 8), epochs=300),
+        _mlp("spiral", (32, 32, 32), epochs=1000),
+        TrainConfig(
+            name="digits-cnn",
+            preset="digits-cnn",
+            dataset="digits",
+            model="cnn",
+            hidden=(),
+            activation="relu",
+            optimizer="adam",
+            lr=0.002,
+            epochs=15,
+            batch_size=64,
+            max_batch_size=256,
+        ),
+    )
 }
 
 

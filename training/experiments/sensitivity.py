@@ -11,6 +11,7 @@ Output: an annotated heatmap and a table with one row per configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -49,20 +50,21 @@ def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool
     split = datasets.load(name, n_samples=cfg.samples, seed=seed)
     n_train = len(split.y_train)
 
+    # Everything but the grid's two axes (learning rate, batch size) is fixed.
+    train = partial(
+        train_mlp,
+        split,
+        hidden=cfg.hidden,
+        activation=cfg.activation,
+        optimizer=cfg.optimizer,
+        epochs=cfg.epochs,
+        seed=seed,
+    )
     acc = np.zeros((len(cfg.lrs), len(cfg.batch_sizes)))
     rows = []
     for i, lr in enumerate(cfg.lrs):
         for j, batch in enumerate(cfg.batch_sizes):
-            h = train_mlp(
-                split,
-                hidden=cfg.hidden,
-                activation=cfg.activation,
-                optimizer=cfg.optimizer,
-                lr=lr,
-                epochs=cfg.epochs,
-                batch_size=batch,
-                seed=seed,
-            ).history
+            h = train(lr=lr, batch_size=batch).history
             size = n_train if batch is None else min(batch, n_train)
             updates = cfg.epochs * -(-n_train // size)
             acc[i, j] = h.val_acc[-1]
