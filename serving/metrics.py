@@ -81,26 +81,31 @@ class Metrics:
         self.enabled = enabled
         r = self.registry
         Histogram: Any = LocklessHistogram if lockless else _Histogram  # noqa: N806
-        self.request_duration = Histogram(
+
+        def histogram(name: str, documentation: str, buckets: tuple[float, ...]) -> Any:
+            return Histogram(name, documentation, ["model", "version"], buckets=buckets,
+                             registry=r)  # fmt: skip
+
+        self.request_duration = histogram(
             "dlserve_request_duration_seconds",
             "End-to-end inference time in the server, from decoded request to encoded response.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_duration = Histogram(
+            LATENCY_BUCKETS,
+        )
+        self.queue_duration = histogram(
             "dlserve_queue_duration_seconds",
             "Time a request waited in the model's queue before its batch started.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.compute_duration = Histogram(
+            LATENCY_BUCKETS,
+        )
+        self.compute_duration = histogram(
             "dlserve_compute_duration_seconds",
             "onnxruntime time of the batch that carried the request.",
-            ["model", "version"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.batch_size = Histogram(
+            LATENCY_BUCKETS,
+        )
+        self.batch_size = histogram(
             "dlserve_batch_size",
             "Rows per onnxruntime run (one observation per executed batch).",
-            ["model", "version"], buckets=BATCH_BUCKETS, registry=r,
-        )  # fmt: skip
+            BATCH_BUCKETS,
+        )
         requests = ("dlserve_requests", "Inference requests answered, by gRPC status code name.")
         inflight = (
             "dlserve_inflight_requests", "Inference requests received and not yet answered."
