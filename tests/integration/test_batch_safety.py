@@ -10,7 +10,9 @@ alone, against a real ``dlserve serve`` (probe findings F2, F5, F13).
   request gets UNAVAILABLE at once; one request alone is always admitted.
 - F13: an answer over ``--max-message-bytes`` (from a request well under
   it) fails that request alone with RESOURCE_EXHAUSTED; on a stream it is
-  that answer's ``error_message`` and the stream goes on.
+  that answer's ``error_message`` and the stream goes on. /metrics counts
+  each such request under code RESOURCE_EXHAUSTED (never OK) and the server
+  logs no traceback for it.
 
 The models (``scripts/fuzz_batching.py``) answer row sums of small
 integers, so the expected values are exact. No assertion depends on timing.
@@ -33,6 +35,7 @@ from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.integration.http_helpers import counter
 
 TIMEOUT = 30  # seconds a request may take before it counts as never answered
 MESSAGE_LIMIT = 256 * 1024  # --max-message-bytes of the F13 server
@@ -233,9 +236,26 @@ BIG_ROWS = 32  # a 512-byte request whose answer is 512 KiB, over the 256 KiB li
 SMALL_ROWS = 2  # a 32 KiB answer
 
 
-def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
-    small_stub: pb_grpc.GRPCInferenceServiceStub,
+def codes(server: ServerProcess) -> dict[str, float]:
+    """dlserve_requests_total of model ``tiled`` by code, from /metrics."""
+    return {code: counter(server, "tiled", code) for code in ("OK", "RESOURCE_EXHAUSTED")}
+
+
+def assert_counted(
+    server: ServerProcess, before: dict[str, float], ok: int, exhausted: int
 ) -> None:
+    """The refused answers are counted as RESOURCE_EXHAUSTED, not OK, and
+    the server logged no traceback for them."""
+    after = codes(server)
+    assert after["RESOURCE_EXHAUSTED"] - before["RESOURCE_EXHAUSTED"] == exhausted, (before, after)
+    assert after["OK"] - before["OK"] == ok, (before, after)
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
+    small_message_server: ServerProcess, small_stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = codes(small_message_server)
     big = tiled(BIG_ROWS)
     assert big.nbytes < MESSAGE_LIMIT < big.expect.nbytes  # type: ignore[union-attr]
     with pytest.raises(grpc.RpcError) as info:
@@ -244,6 +264,7 @@ def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
     assert "--max-message-bytes" in (info.value.details() or ""), info.value.details()
     small = tiled(SMALL_ROWS, 1)
     fb.check(small, small_stub.ModelInfer(small.request(), timeout=TIMEOUT), "OK", "")
+    assert_counted(small_message_server, before, ok=1, exhausted=1)
 
 
 def test_requests_whose_batch_is_over_the_limit_are_each_answered(
@@ -256,8 +277,9 @@ def test_requests_whose_batch_is_over_the_limit_are_each_answered(
 
 
 def test_an_answer_over_the_message_limit_fails_alone_on_a_stream(
-    small_stub: pb_grpc.GRPCInferenceServiceStub,
+    small_message_server: ServerProcess, small_stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
+    before = codes(small_message_server)
     cases = [tiled(SMALL_ROWS, 0), tiled(BIG_ROWS, 1), tiled(SMALL_ROWS, 2)] * 3
     answers = {
         a.infer_response.id: a
@@ -283,3 +305,4 @@ def test_an_answer_over_the_message_limit_fails_alone_on_a_stream(
     )
     assert len(answers_list) == len(later)
     assert sum(bool(a.error_message) for a in answers_list) == 1
+    assert_counted(small_message_server, before, ok=6 + 4, exhausted=3 + 1)
