@@ -171,6 +171,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from serving.app import StartupError, serve
     from serving.log import configure_logging
+    from serving.threads import exit_code
 
     configure_logging(settings.log_level, settings.log_format)
     if args.workers < 1:
@@ -187,9 +188,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - non-Linux
         runner = asyncio.run
     try:
-        return int(runner(serve(settings, args.load_model)))
+        code = int(runner(serve(settings, args.load_model)))
     except StartupError as exc:
         raise CliError(str(exc)) from exc
+    return exit_code(code)
 
 
 def _check_ports(settings: Any) -> None:
