@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-message-bytes", type=int, metavar="N", help="default 16 MiB")
     p.add_argument("--max-queue-size", type=int, metavar="N", help="queued requests per model")
     p.add_argument(
-        "--max-queue-bytes", type=int, metavar="N", help="queued tensor bytes per model (256 MiB)"
-    )
+        "--max-queue-bytes", type=int, metavar="N",
+        help="queued bytes (tensors and ids) per model (256 MiB)",
+    )  # fmt: skip
     p.add_argument(
         "--stream-window", type=int, metavar="N",
         help="requests of one stream in flight or unsent before reading pauses (64)",

@@ -83,8 +83,8 @@ class ServingSettings(BaseSettings):
     A model's config.pbtxt default_queue_policy.max_queue_size overrides it."""
 
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
-    """Bytes of tensor data waiting per model version before new requests fail
-    fast with UNAVAILABLE (0: unbounded). One request is always admitted."""
+    """Bytes of tensor data and request ids waiting per model version before new
+    requests fail fast with UNAVAILABLE (0: unbounded). One request is always admitted."""
 
     stream_window: int = Field(default=64, ge=1)
     """Requests of one ModelStreamInfer stream in flight or answered but not yet

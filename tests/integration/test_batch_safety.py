@@ -6,8 +6,9 @@ alone, against a real ``dlserve serve`` (probe findings F2, F5, F13).
   Such requests meet in one batcher (the models wait 20 ms for company) but
   must never be concatenated: every request is answered with its own right
   value and the batcher's worker survives (the model answers afterwards).
-- F5: the queue is bounded in bytes (``--max-queue-bytes``): past it a
-  request gets UNAVAILABLE at once; one request alone is always admitted.
+- F5: the queue is bounded in bytes (``--max-queue-bytes``): the tensors
+  and the id a queued request keeps; past it a request gets UNAVAILABLE at
+  once; one request alone is always admitted.
 - F13: an answer over ``--max-message-bytes`` (from a request well under
   it) fails that request alone with RESOURCE_EXHAUSTED; on a stream it is
   that answer's ``error_message`` and the stream goes on. /metrics counts
@@ -208,6 +209,40 @@ def test_requests_past_the_queue_byte_bound_get_unavailable(
     big = fb.valid_case("slowsum", 16, {"x": 4 * width}, 99)
     assert big.nbytes > QUEUE_BYTES
     assert_answered([big], send_all(queue_server, [big]))
+
+
+def test_a_long_request_id_counts_against_the_queue_byte_bound(
+    queue_server: ServerProcess,
+) -> None:
+    """The probe sent 4 MiB ids with tiny tensors: only the tensors counted,
+    so the queue held any number of ids. A burst of 16-byte requests whose
+    ids are 3 KB each passes the 4 KiB bound after one queued request: the
+    rest are refused at once naming it; the admitted ones are answered
+    right, their ids echoed."""
+    request_id = "i" * 3000
+    cases = [fb.valid_case("slowsum", 1, {"x": 4}, seed) for seed in range(10)]
+    assert all(c.nbytes + len(request_id) < QUEUE_BYTES < c.nbytes + 2 * len(request_id)
+               for c in cases)  # fmt: skip
+    with grpc.insecure_channel(queue_server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        futures = [
+            stub.ModelInfer.future(c.request(f"{i}{request_id}"), timeout=TIMEOUT)
+            for i, c in enumerate(cases)
+        ]
+        refused, answered = [], 0
+        for i, (case, future) in enumerate(zip(cases, futures, strict=True)):
+            try:
+                response = future.result()
+            except grpc.RpcError as error:
+                refused.append((error.code(), error.details() or ""))
+                continue
+            fb.check(case, response, "OK", "")
+            assert response.id == f"{i}{request_id}"
+            answered += 1
+    assert refused, "no request was refused: queued request ids are not counted"
+    assert all(code == grpc.StatusCode.UNAVAILABLE for code, _ in refused), refused
+    assert all("bytes of requests queued" in message for _, message in refused), refused
+    assert answered >= 2  # one ran, one queued: the bound sheds load, it does not stick
 
 
 # --- F13: an answer over --max-message-bytes -------------------------------------------
