@@ -477,6 +477,11 @@ class StuckStream:
             self.sent += 1
             yield self._request
 
+    @property
+    def open(self) -> bool:
+        """The call has not ended: the server neither failed nor closed it."""
+        return not self._call.done()
+
     def close(self) -> None:
         self._stop.set()
         self._call.cancel()

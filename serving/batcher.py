@@ -19,7 +19,8 @@ omitted by another). As in Triton, the first request that does not fit the
 batch being formed closes it and heads the next one, so order is kept.
 
 The queue is bounded in requests (``max_queue_size``) and in bytes
-(``max_queue_bytes``, the tensors a queued request holds). An arrival wakes
+(``max_queue_bytes``, the tensors a queued request holds and what its caller
+keeps for it, its id). An arrival wakes
 one idle worker, never all of them; a worker task cannot die: whatever goes
 wrong in a batch answers that batch's requests and is logged once.
 
@@ -136,7 +137,7 @@ class DynamicBatcher:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes of tensor data the queued requests hold."""
+        """Bytes the queued requests hold: tensor data and their ``held`` bytes."""
         return self._queued_bytes
 
     def depths(self) -> list[int]:
@@ -154,16 +155,19 @@ class DynamicBatcher:
         deadline: float | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        held: int = 0,
     ) -> asyncio.Future[BatchResult]:
         """Queue one validated request of ``rows`` rows, dropped unrun after
         ``deadline`` (batcher clock); its level's policy applies ``priority``
-        and ``timeout_us``, the request's parameters."""
+        and ``timeout_us``, the request's parameters. ``held``: bytes the
+        caller keeps for the request while it waits besides its tensors (its
+        id), counted against ``max_queue_bytes`` with them."""
         if self._closing:
             raise ShuttingDown(f"model '{self._name}' is shutting down; retry on another replica")
         now = self._clock.now()
         level, deadline, delay_at = self._queue.admit(priority, timeout_us, now, deadline,
                                                       self._name)  # fmt: skip
-        nbytes = 0
+        nbytes = held
         for array in feeds.values():
             # An object array (BYTES) holds references: count what they hold.
             nbytes += array.nbytes if array.dtype != object else sum(map(len, array.flat))

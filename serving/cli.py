@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
     p.add_argument("--max-message-bytes", type=int, metavar="N", help="default 16 MiB")
     p.add_argument("--max-queue-size", type=int, metavar="N", help="queued requests per model")
     p.add_argument(
-        "--max-queue-bytes", type=int, metavar="N", help="queued tensor bytes per model (256 MiB)"
-    )
+        "--max-queue-bytes", type=int, metavar="N",
+        help="queued bytes (tensors and ids) per model (256 MiB)",
+    )  # fmt: skip
     p.add_argument(
         "--stream-window", type=int, metavar="N",
         help="requests of one stream in flight or unsent before reading pauses (64)",
@@ -171,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from serving.app import StartupError, serve
     from serving.log import configure_logging
+    from serving.threads import exit_code
 
     configure_logging(settings.log_level, settings.log_format)
     if args.workers < 1:
@@ -187,9 +189,10 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - non-Linux
         runner = asyncio.run
     try:
-        return int(runner(serve(settings, args.load_model)))
+        code = int(runner(serve(settings, args.load_model)))
     except StartupError as exc:
         raise CliError(str(exc)) from exc
+    return exit_code(code)
 
 
 def _check_ports(settings: Any) -> None:

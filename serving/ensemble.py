@@ -138,9 +138,11 @@ class EnsembleScheduler:
         deadline: float | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        held: int = 0,
     ) -> asyncio.Future[BatchResult]:
-        """``priority`` and ``timeout_us`` are accepted for the request path's
-        sake; each step is queued at its own model's default level."""
+        """``priority``, ``timeout_us`` and ``held`` are accepted for the request
+        path's sake; each step is queued at its own model's default level, and
+        bounded by its own queue."""
         if self._closing:
             raise ShuttingDown(f"ensemble '{self.name}' is shutting down; retry on another replica")
         # Every step's version is taken now, so one request sees one set of

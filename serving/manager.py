@@ -18,7 +18,13 @@ from typing import Callable, Iterable
 
 from serving import ensemble, repository
 from serving.changes import ChangeTracker
-from serving.errors import FailedPrecondition, ModelLoadError, ModelNotFound, ServingError
+from serving.errors import (
+    FailedPrecondition,
+    ModelLoadError,
+    ModelNotFound,
+    ServingError,
+    ShuttingDown,
+)
 from serving.files import is_model_folder
 from serving.loader import VersionLoader
 from serving.metrics import Metrics
@@ -187,12 +193,14 @@ class ModelManager:
         """RepositoryModelLoad: (re)load one model from disk (explicit mode)."""
         self._require_explicit("load")
         if self._stopping:
-            raise ModelLoadError("the server is shutting down; no model is loaded any more")
+            raise ShuttingDown("the server is shutting down; no model is loaded any more")
         # A request's name is never a path: one plain component, and only
         # one that a scan of the repository lists.
         if not is_model_folder(self.root, name, MAX_NAME_LENGTH):
             raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
         await self.sync(only={name}, force=True)
+        if self._stopping:  # it will not serve, whether or not its load finished
+            raise ShuttingDown(f"the server began to shut down while model '{name}' loaded")
         entry = self._models.get(name)
         if entry is None or not entry.ready_versions():
             why = entry.why_not_ready() if entry is not None else ""

@@ -255,7 +255,8 @@ class InferenceService:
                     return _hit(loaded, request, started, cached, lookup, trace)
             if trace is not None:
                 trace.enqueued = _now()
-            future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout)
+            held = len(request.id)  # the id waits with it (Pending keeps it for the answer)
+            future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout, held)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))
             if trace is not None:

@@ -20,15 +20,20 @@ ControlMode = Literal["none", "explicit", "poll"]
 _CACHE_CONFIG = re.compile(r"local,size=(\d+)")
 
 
-def usable_cpus() -> int:
+#: cgroup v2's CPU quota ("QUOTA PERIOD" or "max PERIOD"); a container sees its own here.
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     """CPUs this process may use: its affinity mask, bounded by a cgroup v2
-    CPU quota (a container limited to 2 CPUs on a 64-core host gets 2)."""
+    CPU quota (a container limited to 2 CPUs on a 64-core host gets 2; a
+    quota of 1.5 CPUs rounds up). ``cpu_max``: the quota file to read."""
     try:
         count = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux
         count = os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
         if quota != "max" and int(period) > 0:
             count = min(count, max(1, -(-int(quota) // int(period))))
     except (OSError, ValueError):
@@ -78,8 +83,8 @@ class ServingSettings(BaseSettings):
     A model's config.pbtxt default_queue_policy.max_queue_size overrides it."""
 
     max_queue_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
-    """Bytes of tensor data waiting per model version before new requests fail
-    fast with UNAVAILABLE (0: unbounded). One request is always admitted."""
+    """Bytes of tensor data and request ids waiting per model version before new
+    requests fail fast with UNAVAILABLE (0: unbounded). One request is always admitted."""
 
     stream_window: int = Field(default=64, ge=1)
     """Requests of one ModelStreamInfer stream in flight or answered but not yet

@@ -69,6 +69,7 @@ class Scheduler(Protocol):
         deadline: float | None = None,
         priority: int = 0,
         timeout_us: int = 0,
+        held: int = 0,
     ) -> asyncio.Future[BatchResult]: ...
 
     async def close(self, drain: bool = True) -> None: ...

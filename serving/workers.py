@@ -158,6 +158,7 @@ def _worker_main() -> int:
 
     from serving.app import StartupError, serve
     from serving.log import configure_logging
+    from serving.threads import exit_code
 
     settings = ServingSettings.model_validate_json(args.settings_json)
     configure_logging(settings.log_level, settings.log_format)
@@ -168,7 +169,8 @@ def _worker_main() -> int:
         ready.flush()
 
     try:
-        return int(uvloop.run(serve(settings, args.load_model, worker=True, on_started=started)))
+        code = int(uvloop.run(serve(settings, args.load_model, worker=True, on_started=started)))
+        return exit_code(code)  # a load still running: leave without tearing it down
     except StartupError as exc:
         ready.write(f"error {exc}\n")
         ready.flush()

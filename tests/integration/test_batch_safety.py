@@ -6,11 +6,14 @@ alone, against a real ``dlserve serve`` (probe findings F2, F5, F13).
   Such requests meet in one batcher (the models wait 20 ms for company) but
   must never be concatenated: every request is answered with its own right
   value and the batcher's worker survives (the model answers afterwards).
-- F5: the queue is bounded in bytes (``--max-queue-bytes``): past it a
-  request gets UNAVAILABLE at once; one request alone is always admitted.
+- F5: the queue is bounded in bytes (``--max-queue-bytes``): the tensors
+  and the id a queued request keeps; past it a request gets UNAVAILABLE at
+  once; one request alone is always admitted.
 - F13: an answer over ``--max-message-bytes`` (from a request well under
   it) fails that request alone with RESOURCE_EXHAUSTED; on a stream it is
-  that answer's ``error_message`` and the stream goes on.
+  that answer's ``error_message`` and the stream goes on. /metrics counts
+  each such request under code RESOURCE_EXHAUSTED (never OK) and the server
+  logs no traceback for it.
 
 The models (``scripts/fuzz_batching.py``) answer row sums of small
 integers, so the expected values are exact. No assertion depends on timing.
@@ -33,6 +36,7 @@ from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from tests.integration.http_helpers import counter
 
 TIMEOUT = 30  # seconds a request may take before it counts as never answered
 MESSAGE_LIMIT = 256 * 1024  # --max-message-bytes of the F13 server
@@ -207,6 +211,40 @@ def test_requests_past_the_queue_byte_bound_get_unavailable(
     assert_answered([big], send_all(queue_server, [big]))
 
 
+def test_a_long_request_id_counts_against_the_queue_byte_bound(
+    queue_server: ServerProcess,
+) -> None:
+    """The probe sent 4 MiB ids with tiny tensors: only the tensors counted,
+    so the queue held any number of ids. A burst of 16-byte requests whose
+    ids are 3 KB each passes the 4 KiB bound after one queued request: the
+    rest are refused at once naming it; the admitted ones are answered
+    right, their ids echoed."""
+    request_id = "i" * 3000
+    cases = [fb.valid_case("slowsum", 1, {"x": 4}, seed) for seed in range(10)]
+    assert all(c.nbytes + len(request_id) < QUEUE_BYTES < c.nbytes + 2 * len(request_id)
+               for c in cases)  # fmt: skip
+    with grpc.insecure_channel(queue_server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        futures = [
+            stub.ModelInfer.future(c.request(f"{i}{request_id}"), timeout=TIMEOUT)
+            for i, c in enumerate(cases)
+        ]
+        refused, answered = [], 0
+        for i, (case, future) in enumerate(zip(cases, futures, strict=True)):
+            try:
+                response = future.result()
+            except grpc.RpcError as error:
+                refused.append((error.code(), error.details() or ""))
+                continue
+            fb.check(case, response, "OK", "")
+            assert response.id == f"{i}{request_id}"
+            answered += 1
+    assert refused, "no request was refused: queued request ids are not counted"
+    assert all(code == grpc.StatusCode.UNAVAILABLE for code, _ in refused), refused
+    assert all("bytes of requests queued" in message for _, message in refused), refused
+    assert answered >= 2  # one ran, one queued: the bound sheds load, it does not stick
+
+
 # --- F13: an answer over --max-message-bytes -------------------------------------------
 
 
@@ -233,9 +271,26 @@ BIG_ROWS = 32  # a 512-byte request whose answer is 512 KiB, over the 256 KiB li
 SMALL_ROWS = 2  # a 32 KiB answer
 
 
-def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
-    small_stub: pb_grpc.GRPCInferenceServiceStub,
+def codes(server: ServerProcess) -> dict[str, float]:
+    """dlserve_requests_total of model ``tiled`` by code, from /metrics."""
+    return {code: counter(server, "tiled", code) for code in ("OK", "RESOURCE_EXHAUSTED")}
+
+
+def assert_counted(
+    server: ServerProcess, before: dict[str, float], ok: int, exhausted: int
 ) -> None:
+    """The refused answers are counted as RESOURCE_EXHAUSTED, not OK, and
+    the server logged no traceback for them."""
+    after = codes(server)
+    assert after["RESOURCE_EXHAUSTED"] - before["RESOURCE_EXHAUSTED"] == exhausted, (before, after)
+    assert after["OK"] - before["OK"] == ok, (before, after)
+    assert "Traceback" not in server.log(), server.log()[-5000:]
+
+
+def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
+    small_message_server: ServerProcess, small_stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = codes(small_message_server)
     big = tiled(BIG_ROWS)
     assert big.nbytes < MESSAGE_LIMIT < big.expect.nbytes  # type: ignore[union-attr]
     with pytest.raises(grpc.RpcError) as info:
@@ -244,6 +299,7 @@ def test_an_answer_over_the_message_limit_fails_that_request_alone_unary(
     assert "--max-message-bytes" in (info.value.details() or ""), info.value.details()
     small = tiled(SMALL_ROWS, 1)
     fb.check(small, small_stub.ModelInfer(small.request(), timeout=TIMEOUT), "OK", "")
+    assert_counted(small_message_server, before, ok=1, exhausted=1)
 
 
 def test_requests_whose_batch_is_over_the_limit_are_each_answered(
@@ -256,8 +312,9 @@ def test_requests_whose_batch_is_over_the_limit_are_each_answered(
 
 
 def test_an_answer_over_the_message_limit_fails_alone_on_a_stream(
-    small_stub: pb_grpc.GRPCInferenceServiceStub,
+    small_message_server: ServerProcess, small_stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
+    before = codes(small_message_server)
     cases = [tiled(SMALL_ROWS, 0), tiled(BIG_ROWS, 1), tiled(SMALL_ROWS, 2)] * 3
     answers = {
         a.infer_response.id: a
@@ -283,3 +340,4 @@ def test_an_answer_over_the_message_limit_fails_alone_on_a_stream(
     )
     assert len(answers_list) == len(later)
     assert sum(bool(a.error_message) for a in answers_list) == 1
+    assert_counted(small_message_server, before, ok=6 + 4, exhausted=3 + 1)

@@ -1,6 +1,7 @@
 """Backpressure and limits against a real ``dlserve serve``: a bounded queue
 per model version that refuses fast with UNAVAILABLE, per-request deadlines
-that drop a queued request before it runs, and ``--max-message-bytes``.
+that drop a queued request before it runs, ``--max-message-bytes``, and an
+``instance_group`` count far past the worker cap (probe finding F4).
 
 A deliberately slow ONNX model (``slow_mlp``: an MLP plus a chain of matrix
 products that adds exactly zero) keeps the single inference thread busy, so
@@ -20,9 +21,10 @@ import pytest
 
 from devtools.inprocess import InProcessServer
 from devtools.onnx_models import mlp, slow_mlp, write_model
-from devtools.serverproc import wait_for
+from devtools.serverproc import ServerProcess, wait_for
 from serving._generated import grpc_service_pb2 as pb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
+from serving.batcher import MAX_WORKERS
 from tests.integration.helpers import expected, inflight, outputs, request
 
 FLAG_QUEUE = 2  # --max-queue-size
@@ -143,3 +145,42 @@ def test_queue_bound_frees_up(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     for _ in range(3):
         got = outputs(stub.ModelInfer(request("slow", x), timeout=300))
         np.testing.assert_array_equal(got["probabilities"], expected(1, x)["probabilities"])
+
+
+# --- F4: a huge instance_group count --------------------------------------------------
+
+HUGE_COUNT = 2**31 - 1  # the largest int32 config.pbtxt allows
+
+
+def test_a_huge_instance_group_count_is_clamped_and_everyone_is_served(tmp_path: Path) -> None:
+    """Probe finding F4: ``instance_group { count: 2147483647 }`` used to
+    start that many worker tasks, stalling all traffic until OOM. The server
+    starts, serves that model with its workers clamped (one warning naming
+    the limit), and a neighbour model keeps answering beside it."""
+    groups = f"instance_group [ {{ count: {HUGE_COUNT} kind: KIND_CPU }} ]\n"
+    write_model(tmp_path, "crowded", model=mlp(seed=7), extra=groups)
+    write_model(tmp_path, "neighbour", model=mlp(seed=8))
+    with ServerProcess(tmp_path) as server, grpc.insecure_channel(server.url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=30)
+        assert {(m.name, m.state) for m in index.models} == {
+            ("crowded", "READY"), ("neighbour", "READY")
+        }, index  # fmt: skip
+        config = stub.ModelConfig(pb.ModelConfigRequest(name="crowded"), timeout=30).config
+        assert [g.count for g in config.instance_group] == [HUGE_COUNT]  # as written
+        x = np.random.default_rng(0).uniform(-2, 2, (3, 2)).astype(np.float32)
+        futures = [
+            (seed, stub.ModelInfer.future(request(model, x), timeout=60))
+            for _ in range(16)
+            for model, seed in (("crowded", 7), ("neighbour", 8))
+        ]
+        for seed, future in futures:
+            got, want = outputs(future.result()), expected(seed, x)
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+        log = server.log()
+    warnings = [line for line in log.splitlines() if "(instance_group count)" in line]
+    assert len(warnings) == 1, log[-3000:]
+    assert f"{HUGE_COUNT} workers asked for" in warnings[0], warnings
+    assert f"using {MAX_WORKERS}, the limit" in warnings[0], warnings
+    assert "Traceback" not in log, log[-5000:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +26,7 @@ from devtools.serverproc import ServerProcess
 from scripts import fuzz_batching as fb
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 
+WINDOW = 64  # the server's default --stream-window (requests)
 WINDOW_BYTES = 64 * 1024 * 1024  # the server's default --stream-window-bytes
 RSS_BOUND_KB = 3 * WINDOW_BYTES // 1024
 TIMEOUT = 60
@@ -52,13 +54,24 @@ def others_are_served(stub: pb_grpc.GRPCInferenceServiceStub) -> None:
     fb.stream_burst(stub, cases, fb.Tally())
 
 
-def hold_stuck_stream(server: ServerProcess) -> tuple[int, int]:
+@dataclass
+class Held:
+    """What holding a never-reading stream showed."""
+
+    peak_kb: int  # peak server RSS growth
+    sent: int  # requests grpc took from the client
+    stalled: bool  # the server stopped taking requests (not the 20 s cap, not the RSS bound)
+    over_limit: bool  # the client stopped at the RSS bound
+    open: bool  # the stream was still open when the watch ended (not failed by the server)
+
+
+def hold_stuck_stream(server: ServerProcess) -> Held:
     """Open a never-reading stream and keep it pushing until the server has
     stopped taking its requests for 2 s (at most 20 s, or until the RSS
-    bound is passed). Returns (peak RSS growth kB, requests grpc took)."""
+    bound is passed)."""
     pid = server.proc.pid  # type: ignore[union-attr]
     base = fb.rss_kb(pid)
-    peak, last_sent, since = 0, -1, time.monotonic()
+    peak, last_sent, since, stalled = 0, -1, time.monotonic(), False
     stuck = fb.StuckStream(
         grpc.insecure_channel(server.url), server_pid=pid, max_growth_kb=RSS_BOUND_KB
     )  # it stops sending past the bound: an unbounded server cannot take the host's memory
@@ -72,8 +85,9 @@ def hold_stuck_stream(server: ServerProcess) -> tuple[int, int]:
             if stuck.sent != last_sent:
                 last_sent, since = stuck.sent, time.monotonic()
             elif time.monotonic() - since > 2 and time.monotonic() - started > 3:
+                stalled = True
                 break  # the server has stopped reading this stream
-        return peak, stuck.sent
+        return Held(peak, stuck.sent, stalled, stuck.over_limit, stuck.open)
     finally:
         stuck.close()
 
@@ -82,11 +96,17 @@ def test_a_client_that_never_reads_holds_bounded_memory(
     server: ServerProcess, stub: pb_grpc.GRPCInferenceServiceStub
 ) -> None:
     others_are_served(stub)  # warm: every model has run once
-    peak_kb, sent = hold_stuck_stream(server)
-    assert peak_kb < RSS_BOUND_KB, (
-        f"server RSS grew {peak_kb // 1024} MiB for one stream that never reads "
-        f"({sent} requests taken), bound {RSS_BOUND_KB // 1024} MiB"
+    held = hold_stuck_stream(server)
+    assert held.peak_kb < RSS_BOUND_KB and not held.over_limit, (
+        f"server RSS grew {held.peak_kb // 1024} MiB for one stream that never reads "
+        f"({held.sent} requests taken), bound {RSS_BOUND_KB // 1024} MiB"
     )
+    # Not vacuous: the stream pushed past the window (the server read a
+    # window's worth, its answers unsent), stayed open, and then the server
+    # stopped reading it, rather than the stream failing or the watch ending.
+    assert held.sent > WINDOW, held
+    assert held.open, held
+    assert held.stalled, held
     others_are_served(stub)
 
 

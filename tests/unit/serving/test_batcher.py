@@ -665,3 +665,30 @@ def test_the_byte_bound_counts_what_bytes_tensors_hold(executor) -> None:
             await b.close(drain=False)
 
     asyncio.run(main())
+
+
+def test_the_byte_bound_counts_what_the_caller_keeps_for_a_request(executor) -> None:
+    """Probe finding F5: a request with a tiny tensor and a 4 MiB id kept
+    the id while it waited, and only its tensor counted. ``held`` bytes (its
+    id) count against the bound with its tensors, and leave with it."""
+
+    async def main() -> None:
+        runtime = FakeRuntime(gated=True)
+        one = rows(0)["x"].nbytes
+        b = DynamicBatcher(
+            runtime.run, max_batch_size=8, workers=1, executor=executor, max_queue_bytes=4096
+        )
+        running = b.submit(rows(0), 1, held=10_000)  # taken by the worker: not queued
+        await started(runtime)
+        queued = b.submit(rows(1), 1, held=3000)
+        assert b.queued_bytes == one + 3000
+        with pytest.raises(QueueFull, match="bytes"):
+            b.submit(rows(2), 1, held=3000)  # its tensor alone would fit
+        small = b.submit(rows(3), 1, held=100)
+        assert b.queued_bytes == 2 * one + 3100
+        runtime.gate.set()
+        await answered([running, queued, small])
+        assert b.queued_bytes == 0
+        await b.close()
+
+    asyncio.run(main())

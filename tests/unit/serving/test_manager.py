@@ -21,7 +21,7 @@ import pytest
 
 from devtools.onnx_models import config_text
 from serving.app import App
-from serving.errors import FailedPrecondition, ModelLoadError, ModelNotReady
+from serving.errors import FailedPrecondition, ModelLoadError, ModelNotReady, ShuttingDown
 from serving.runtime import TensorInfo
 from serving.settings import ServingSettings
 from serving.tensors import InferRequest, Tensor
@@ -264,11 +264,11 @@ def test_no_load_after_drain_and_drain_does_not_wait_for_a_load(
         await asyncio.sleep(0.05)
         assert factory.loads[-1] == "slow:1"  # inside the (blocked) load
         assert await asyncio.wait_for(app.manager.drain(timeout=5), 5) is True
-        with pytest.raises(ModelLoadError, match="shutting down"):
+        with pytest.raises(ShuttingDown, match="shutting down"):  # UNAVAILABLE
             await app.service.load_model("m")
         assert not app.service.model_ready("m")
         factory.load_gate.set()
-        with pytest.raises(ModelLoadError):
+        with pytest.raises(ShuttingDown, match="began to shut down"):
             await loading
         assert not app.service.model_ready("slow")  # never started serving
         await app.manager.stop()
