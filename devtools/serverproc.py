@@ -4,10 +4,14 @@ with ServerProcess(repo) as server:
     client = tritonclient.grpc.InferenceServerClient(server.url)
 
 Every server runs with the event-loop watchdog on (SERVING_LOOP_WATCHDOG_MS,
-LOOP_WATCHDOG_MS unless the caller's env sets it): stopping a server whose log
-says "event loop blocked for" fails the test with those lines, unless it was
-created with ``allow_loop_stalls=True`` (a test that blocks the loop on
-purpose). A server that does not know the setting ignores the variable.
+LOOP_WATCHDOG_MS unless the caller's env sets it; a server that does not know
+the setting ignores the variable). Unless it was created with
+``allow_loop_stalls=True`` (a test that blocks the loop on purpose), a running
+server is watched: after each test phase (setup, call, teardown)
+tests/conftest.py asks ``watched_stalls()`` and fails that phase if the log
+gained "event loop blocked for" lines, and stop() fails on any stall that no
+phase reported. The log is read when the phase ends: a line the server writes
+a moment later goes to the next phase, usually the same test's teardown.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -35,12 +40,28 @@ class ServerFailed(RuntimeError):
     pass
 
 
+#: Running servers whose loop stalls fail the test (weak: a server a test
+#: dropped without stopping stops being watched).
+_WATCHED: "weakref.WeakSet[LoopbackServer]" = weakref.WeakSet()
+
+
+def watched_stalls() -> str:
+    """The stalls of running, watched servers that no one reported yet (marked
+    reported now), as one message; "" when there are none."""
+    return "\n".join(found for server in list(_WATCHED) if (found := server.new_stalls()))
+
+
 class LoopbackServer:
-    """The addresses of a test server on 127.0.0.1 (subprocess or in-process)."""
+    """The addresses of a test server on 127.0.0.1 (subprocess or in-process),
+    and the bookkeeping of its event-loop stalls."""
 
     grpc_port: int
     http_port: int
     metrics_port: int
+    allow_loop_stalls: bool = False
+    #: stalls and "event loop blocked" lines already reported
+    _stalls_reported = 0
+    _lines_reported = 0
 
     @property
     def url(self) -> str:
@@ -53,6 +74,42 @@ class LoopbackServer:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
+
+    def loop_stalls(self) -> list[str]:
+        """The watchdog's "event loop blocked for ..." lines so far."""
+        raise NotImplementedError
+
+    def stall_count(self) -> int:
+        """Stalls so far (a line may stand for several: the watchdog logs at
+        most one line per 5 s and sums up the rest in its next line)."""
+        return len(self.loop_stalls())
+
+    def new_stalls(self) -> str:
+        """The stalls not reported yet, as a message (and now reported); ""
+        when there are none."""
+        count, lines = self.stall_count(), self.loop_stalls()
+        new, self._stalls_reported = count - self._stalls_reported, count
+        shown, self._lines_reported = lines[self._lines_reported :], len(lines)
+        return stall_message(new, shown, self.watchdog_name()) if new > 0 else ""
+
+    def watchdog_name(self) -> str:
+        return f"the watchdog at {LOOP_WATCHDOG_MS} ms"
+
+    def watch_stalls(self) -> None:
+        """Have tests/conftest.py fail the test phase in which the loop stalls."""
+        self._stalls_reported = self._lines_reported = 0
+        if not self.allow_loop_stalls:
+            _WATCHED.add(self)
+
+    def check_loop_stalls(self) -> None:
+        """At stop: stop watching, and fail on stalls no test phase reported
+        (unless allowed)."""
+        _WATCHED.discard(self)
+        if self.allow_loop_stalls:
+            return
+        found = self.new_stalls()
+        if found:
+            raise AssertionError(found)
 
 
 class ServerProcess(LoopbackServer):
@@ -74,7 +131,8 @@ class ServerProcess(LoopbackServer):
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.env.setdefault("SERVING_LOOP_WATCHDOG_MS", str(LOOP_WATCHDOG_MS))
         self.allow_loop_stalls = allow_loop_stalls
-        self._stalls_checked = False
+        self._stall_lines: list[str] = []
+        self._log_read = 0  # bytes of the log scanned for stall lines
         self.ready_timeout = ready_timeout
         self.wait_ready = wait_ready
         self.tls_ca = tls_ca
@@ -101,6 +159,8 @@ class ServerProcess(LoopbackServer):
         self.proc = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, text=True, env=self.env
         )
+        self._stall_lines, self._log_read = [], 0
+        self.watch_stalls()
         if self.wait_ready:
             self.wait_until_serving()
         return self
@@ -150,16 +210,24 @@ class ServerProcess(LoopbackServer):
         return int(self.proc.returncode)
 
     def loop_stalls(self) -> list[str]:
-        """The watchdog's "event loop blocked for ..." lines in the log so far."""
-        return [line for line in self.log().splitlines() if LOOP_STALL_MARK in line]
+        """The watchdog's "event loop blocked for ..." lines in the log so far
+        (the log is read from where the last call stopped, whole lines only)."""
+        if self.log_path is None:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_read)
+                data = f.read()
+        except FileNotFoundError:  # removed by __exit__
+            return list(self._stall_lines)
+        whole = data[: data.rfind(b"\n") + 1]
+        self._log_read += len(whole)
+        text = whole.decode(errors="replace")
+        self._stall_lines += [line for line in text.splitlines() if LOOP_STALL_MARK in line]
+        return list(self._stall_lines)
 
-    def check_loop_stalls(self) -> None:
-        """Fail (once) if the server's event loop stalled, unless allowed."""
-        if self.allow_loop_stalls or self._stalls_checked:
-            return
-        self._stalls_checked = True
-        watchdog = f"SERVING_LOOP_WATCHDOG_MS={self.env.get('SERVING_LOOP_WATCHDOG_MS')}"
-        fail_on_stalls(self.loop_stalls(), "the server's", watchdog)
+    def watchdog_name(self) -> str:
+        return f"SERVING_LOOP_WATCHDOG_MS={self.env.get('SERVING_LOOP_WATCHDOG_MS')}"
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -178,14 +246,16 @@ class ServerProcess(LoopbackServer):
                 self.log_path.unlink(missing_ok=True)
 
 
-def fail_on_stalls(stalls: list[str], whose: str, watchdog: str) -> None:
-    """The assertion both test servers make at stop when their loop stalled."""
-    if stalls:
-        shown = "\n".join(stalls[:20])
-        raise AssertionError(
-            f"{whose} event loop was blocked {len(stalls)} time(s) ({watchdog}); "
-            f"pass allow_loop_stalls=True if the test does it on purpose:\n{shown}"
-        )
+def stall_message(count: int, lines: list[str], watchdog: str) -> str:
+    """What a test (or a server's stop) fails with when the loop stalled."""
+    shown = "\n".join(lines[:20]) or (
+        "(no line yet: the watchdog logs at most one line per 5 s and sums up the rest "
+        "in its next line)"
+    )
+    return (
+        f"the server's event loop was blocked {count} time(s) ({watchdog}); "
+        f"pass allow_loop_stalls=True if the test does it on purpose:\n{shown}"
+    )
 
 
 def run_cli(
@@ -209,4 +279,5 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1) -> bool:  
 
 __all__: Sequence[str] = (
     "LOOP_STALL_MARK", "LOOP_WATCHDOG_MS", "ServerProcess", "ServerFailed", "run_cli", "wait_for",
+    "watched_stalls",
 )  # fmt: skip

@@ -21,6 +21,10 @@ rate-limited to one per ``report_every_s``; the stalls in between are counted
 and summed up in the next line. The thread only reads: it never touches the
 loop's state beyond scheduling its no-op, and a loop that is not running
 (before start, during shutdown) is never reported as stalled.
+
+``settle()`` waits until the probe in flight, if any, has been judged, so a
+caller that just saw the loop answer (a test at its end) reads a ``stalls``
+count that includes any stall the loop went through before that answer.
 """
 
 from __future__ import annotations
@@ -63,6 +67,10 @@ class LoopWatchdog:
         #: stalls seen (reported or not) and the longest, in seconds
         self.stalls = 0
         self.longest_s = 0.0
+        #: probes sent and probes judged (stall or not), guarded by _judged
+        self._sent = 0
+        self._done = 0
+        self._judged = threading.Condition()
 
     def start(self) -> None:
         """Start watching (a second call does nothing)."""
@@ -86,6 +94,16 @@ class LoopWatchdog:
         self._stop.set()
         thread.join(max(1.0, 2 * self._interval))
 
+    def settle(self, timeout_s: float) -> bool:
+        """Wait (up to ``timeout_s``) until the probe in flight now, if any,
+        has been judged and counted in ``stalls``; False on time-out (the
+        loop is still blocked, or the watchdog stopped mid-probe)."""
+        with self._judged:
+            target = self._sent
+            return self._judged.wait_for(
+                lambda: self._done >= target or self._thread is None, timeout_s
+            )
+
     # -- the thread ----------------------------------------------------------
 
     def _watch(self) -> None:
@@ -97,15 +115,19 @@ class LoopWatchdog:
             ran = probe.ran
             queued_before = _runqueue_wait(self._loop_native)
             sent = time.monotonic()
+            with self._judged:
+                self._sent += 1
             try:
                 self._loop.call_soon_threadsafe(probe)
             except RuntimeError:  # the loop is closed
+                self._judge_done()
                 return
             where, running = "", True
             if not ran.wait(self._threshold):
                 where = self._where()
                 while not ran.wait(self._interval):
                     if self._stop.is_set():
+                        self._judge_done()
                         return
                     if not self._loop.is_running():
                         running = False  # stopped, not blocked
@@ -117,9 +139,15 @@ class LoopWatchdog:
                     no_cpu = min(blocked, queued_after - queued_before)
                 if blocked - no_cpu > self._threshold:
                     self._stalled(blocked - no_cpu, no_cpu, where)
+            self._judge_done()
             if probe.thread is not None:
                 self._loop_thread, self._loop_native = probe.thread, probe.native
             self._stop.wait(self._interval)
+
+    def _judge_done(self) -> None:
+        with self._judged:
+            self._done = self._sent
+            self._judged.notify_all()
 
     def _where(self) -> str:
         """The innermost frames of the loop thread's stack, right now."""

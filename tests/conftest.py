@@ -1,8 +1,65 @@
-"""Settings for every test: Hypothesis without its per-example deadline (a
-wall-clock limit of 200 ms per example is a timed assertion, and fails on a
-busy shared machine: seen on test_codec's BYTES round trip under load)."""
+"""Settings and hooks for every test.
 
+Hypothesis runs without its per-example deadline (a wall-clock limit of
+200 ms per example is a timed assertion, and fails on a busy shared machine:
+seen on test_codec's BYTES round trip under load).
+
+The loop-stall watchdog: after each phase of a test (setup, call, teardown),
+the stalls of the running test servers (devtools.serverproc.ServerProcess and
+devtools.inprocess.InProcessServer, except those created with
+``allow_loop_stalls=True``) that no earlier phase reported fail this phase, so
+a stall fails the test during which the event loop blocked, not the module's
+last test when a module-scoped server stops.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Generator
+
+import pytest
 from hypothesis import settings
 
 settings.register_profile("dlserve", deadline=None)
 settings.load_profile("dlserve")
+
+
+def _stalls() -> str:
+    """Unreported stalls of the watched servers ("" if none, or if no test
+    of this session ever imported devtools.serverproc, so started none)."""
+    serverproc = sys.modules.get("devtools.serverproc")
+    if serverproc is None:
+        return ""
+    found: str = serverproc.watched_stalls()
+    return found
+
+
+def _phase(when: str) -> Generator[None, object, object]:
+    try:
+        result = yield
+    except BaseException as exc:
+        found = _stalls()
+        if found:  # the phase failed anyway: say that the loop also stalled
+            exc.add_note(f"...and during this test's {when}, {found}")
+        raise
+    found = _stalls()
+    if found:
+        pytest.fail(f"during this test's {when}, {found}", pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _phase("setup"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _phase("call"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    return (yield from _phase("teardown"))

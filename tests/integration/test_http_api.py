@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
-import sys
 import threading
 import zlib
 from pathlib import Path
@@ -39,7 +37,7 @@ from tests.integration.helpers import (
     rows,
 )  # fmt: skip
 from tests.integration.http_helpers import Http, counter, error_of
-from tests.support import require_binary
+from tests.integration.perf_helpers import find_perf_analyzer
 
 X1 = [[0.5, -1.0]]
 
@@ -337,25 +335,8 @@ def test_grpc_and_http_requests_share_a_batch(api: Http, server: InProcessServer
 # --- perf_analyzer --------------------------------------------------------------
 
 
-def _perf_analyzer() -> tuple[str, dict[str, str]]:
-    """The binary (from the tritonclient wheel) and its environment
-    (libcudart from nvidia-cuda-runtime-cu12), as test_perf_analyzer.py finds them."""
-    binary = require_binary("perf_analyzer", str(Path(sys.executable).parent / "perf_analyzer"))
-    try:
-        import nvidia.cuda_runtime  # namespace package
-    except ImportError:
-        pytest.skip("nvidia-cuda-runtime-cu12 is not installed")
-    libs = [str(Path(b) / "lib") for b in nvidia.cuda_runtime.__path__]
-    env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")])
-    probe = subprocess.run([binary, "--version"], capture_output=True, text=True, env=env)
-    if "error while loading shared libraries" in probe.stderr:
-        pytest.skip(f"perf_analyzer cannot start: {probe.stderr.strip()}")
-    return binary, env
-
-
 def test_perf_analyzer_over_http(server: InProcessServer, tmp_path: Path) -> None:
-    binary, env = _perf_analyzer()
+    binary, env = find_perf_analyzer()  # skips, or fails under DLSERVE_REQUIRE_SYSTEM_TOOLS=1
     csv_path = tmp_path / "http.csv"
     command = [
         binary, "-m", "classifier", "-u", server.http_url, "-i", "http",

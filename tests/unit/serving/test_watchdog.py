@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -140,3 +141,31 @@ def test_the_threshold_must_be_positive() -> None:
             LoopWatchdog(loop, threshold_s=0)
     finally:
         loop.close()
+
+
+def test_settle_counts_a_stall_that_ended_before_the_caller_got_its_answer() -> None:
+    """Another thread waits for a coroutine that blocks the loop; once it
+    has the coroutine's answer, settle() makes ``stalls`` include that stall
+    (without it the watchdog thread may not have judged its probe yet)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    dog = LoopWatchdog(loop, threshold_s=0.1)
+    dog.start()
+    try:
+
+        async def blocks() -> str:
+            time.sleep(0.3)  # the stall, then the answer
+            return "answered"
+
+        assert asyncio.run_coroutine_threadsafe(settle(0.1), loop).result(10) is None
+        assert dog.settle(10) and dog.stalls == 0
+        assert asyncio.run_coroutine_threadsafe(blocks(), loop).result(10) == "answered"
+        assert dog.settle(10)
+        assert dog.stalls == 1
+    finally:
+        dog.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert dog.settle(0.1)  # stopped: nothing in flight to wait for
