@@ -25,7 +25,7 @@ import yaml
 
 from tests.deploy import podman as pm
 from tests.deploy.promql import REPO
-from tests.support import free_port
+from tests.support import free_port, require_binary
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -69,6 +69,9 @@ def _predict(port: int, n: int) -> None:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     image = pm.ensure_image()
+    backend = pm.podman("info", "--format", "{{.Host.NetworkBackend}}").stdout.strip()
+    if backend == "cni":  # service names resolve only through the dnsname plugin
+        require_binary("dnsname", "/usr/lib/cni/dnsname")
     pm.podman(
         "build", "--format", "docker", "--network", "host", *pm.ULIMITS,
         "--build-arg", f"BASE_IMAGE={pm.ensure_base()}",
