@@ -165,6 +165,18 @@ class DynamicBatcher:
         if self._closing:
             raise ShuttingDown(f"model '{self._name}' is shutting down; retry on another replica")
         now = self._clock.now()
+        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        if (
+            self._busy == 0
+            and not self._queue
+            and self._delay == 0
+            and self._compute_avg < self._inline_below
+        ):
+            # The direct path: an idle batcher of a fast model runs the request
+            # now, so admission (levels, timeouts, the byte bound) has nothing
+            # to refuse or to schedule.
+            self._run_now(Job(feeds, rows, future, now, deadline, 0))
+            return future
         level, deadline, delay_at = self._queue.admit(priority, timeout_us, now, deadline,
                                                       self._name)  # fmt: skip
         nbytes = held
@@ -181,16 +193,7 @@ class DynamicBatcher:
                 f"this one ({nbytes} bytes) would pass its limit of {self._max_queue_bytes}; "
                 "retry later or add replicas"
             )
-        future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         job = Job(feeds, rows, future, now, deadline, nbytes, level, delay_at)
-        if (
-            self._busy == 0
-            and not self._queue
-            and self._delay == 0
-            and self._compute_avg < self._inline_below
-        ):
-            self._run_now(job)
-            return future
         self._queue.append(job)
         self._queued_rows += rows
         self._queued_bytes += nbytes
