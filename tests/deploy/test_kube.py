@@ -84,6 +84,7 @@ def _probe(probe: dict[str, Any], ports: dict[str, int]) -> int:
 def pod(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[dict[str, Any], dict[str, int]]]:
+    require_binary("catatonit")  # podman builds the pod's pause image around it
     image = pm.ensure_image()
     doc = _deployment()
     ports = _localise(doc, image)
