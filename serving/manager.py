@@ -16,15 +16,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable
 
-from serving import ensemble, repository
+from serving import ensemble, errors, repository
 from serving.changes import ChangeTracker
-from serving.errors import (
-    FailedPrecondition,
-    ModelLoadError,
-    ModelNotFound,
-    ServingError,
-    ShuttingDown,
-)
+from serving.errors import ModelLoadError, ModelNotFound, ServingError
 from serving.files import is_model_folder
 from serving.loader import VersionLoader
 from serving.metrics import Metrics
@@ -116,11 +110,10 @@ class ModelManager:
             requested = set(load or ())
             names = None if "*" in requested else requested
         await self.sync(only=names)
-        if mode == "explicit" and names:
-            unknown = names.difference(self._models)
+        if mode == "explicit":
+            unknown = names.difference(self._models) if names else set()
             if unknown:
                 raise ModelLoadError(f"--load-model names unknown model(s) {sorted(unknown)}")
-        if mode == "explicit":
             # The index lists every model in the repository, loaded or not.
             sources = await self._scan()
             for name, source in sources.items():
@@ -193,14 +186,13 @@ class ModelManager:
         """RepositoryModelLoad: (re)load one model from disk (explicit mode)."""
         self._require_explicit("load")
         if self._stopping:
-            raise ShuttingDown("the server is shutting down; no model is loaded any more")
-        # A request's name is never a path: one plain component, and only
-        # one that a scan of the repository lists.
+            raise errors.ShuttingDown("the server is shutting down; no model is loaded any more")
+        # A request's name is never a path: one component a scan of the repository lists.
         if not is_model_folder(self.root, name, MAX_NAME_LENGTH):
             raise ModelNotFound(f"model '{name[:MAX_NAME_LENGTH]}' is not in the repository")
         await self.sync(only={name}, force=True)
         if self._stopping:  # it will not serve, whether or not its load finished
-            raise ShuttingDown(f"the server began to shut down while model '{name}' loaded")
+            raise errors.ShuttingDown(f"the server began to shut down while model '{name}' loaded")
         entry = self._models.get(name)
         if entry is None or not entry.ready_versions():
             why = entry.why_not_ready() if entry is not None else ""
@@ -221,7 +213,7 @@ class ModelManager:
 
     def _require_explicit(self, what: str) -> None:
         if self.settings.model_control_mode != "explicit":
-            raise FailedPrecondition(
+            raise errors.FailedPrecondition(
                 f"model {what} is not allowed with --model-control-mode "
                 f"{self.settings.model_control_mode}; start the server with "
                 "--model-control-mode explicit"
