@@ -2,7 +2,9 @@
 open), TLS and mutual TLS on the same flags, 413 over --max-message-bytes
 (from Content-Length before the body is read, and while it streams) with
 the server still correct, a graceful drain on SIGTERM, and hypothesis'
-malformed bodies, headers and paths answered with a 4xx JSON error."""
+malformed bodies, headers and paths answered with a 4xx JSON error (the
+generators and checks are devtools/fuzz_rest.py's, which
+``scripts/fuzz_ports.py --target rest`` runs for longer)."""
 
 from __future__ import annotations
 
@@ -18,18 +20,16 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
+from devtools import fuzz_rest as fr
 from devtools.serverproc import ServerProcess, wait_for
 from tests.integration.helpers import build_repo, model_file, reference
 from tests.integration.http_helpers import Http, error_of
 from tests.pki import issue, make_ca
 
-X = [[0.25, -0.75]]
-BODY = json.dumps(
-    {"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": X}]}
-).encode()
-INFER = "/v2/models/classifier/infer"
+X = fr.X
+BODY = fr.BODY
+INFER = fr.INFER
 
 
 @pytest.fixture(scope="module")
@@ -269,40 +269,6 @@ def fuzz_api(small_server: ServerProcess) -> Iterator[Http]:
     api.close()
 
 
-def _assert_4xx(answer: tuple[int, dict[str, str], bytes]) -> None:
-    status, headers, data = answer
-    assert 400 <= status < 500, (status, data[:300])
-    error_of(status, headers, data)
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=12,
-)  # fmt: skip
-an_input = st.fixed_dictionaries(
-    {},
-    optional={
-        "name": st.sampled_from(["input", "x", ""]) | json_values,
-        "shape": st.lists(st.integers(-3, 2**40), max_size=4) | json_values,
-        "datatype": st.sampled_from(["FP32", "FP16", "BYTES", "INT8", "BOOL", "nope"]),
-        "data": json_values,
-        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-5, 64)})
-        | json_values,
-    },
-)
-requests_ = st.fixed_dictionaries(
-    {"inputs": st.lists(an_input, min_size=1, max_size=3) | json_values},
-    optional={"outputs": json_values, "parameters": json_values, "id": json_values},
-)
-bodies = (
-    st.binary(max_size=64)
-    | json_values.map(lambda v: json.dumps(v).encode())
-    | requests_.map(lambda v: json.dumps(v).encode())
-    | st.tuples(requests_, st.binary(max_size=32)).map(lambda t: json.dumps(t[0]).encode() + t[1])
-)
-header_values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12)
 FUZZ = settings(
     max_examples=700, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -310,43 +276,21 @@ FUZZ = settings(
 
 
 @FUZZ
-@given(body=bodies)
+@given(body=fr.bodies)
 def test_fuzz_bodies(fuzz_api: Http, body: bytes) -> None:
-    _assert_4xx(fuzz_api.request("POST", INFER, body))
+    fr.check_body(fuzz_api, body)
 
 
 @FUZZ
-@given(
-    body=bodies,
-    length=st.integers(-2, 200).map(str) | header_values,
-    encoding=st.sampled_from(["gzip", "deflate", "identity", "br", ""]) | header_values,
-    accept=st.sampled_from(["gzip", "deflate", "gzip;q=0", "*"]) | header_values,
-)
+@given(body=fr.bodies, length=fr.lengths, encoding=fr.encodings, accept=fr.accepts)
 def test_fuzz_headers(fuzz_api: Http, body: bytes, length: str, encoding: str, accept: str) -> None:
-    headers = {"Inference-Header-Content-Length": length, "Content-Encoding": encoding,
-               "Accept-Encoding": accept}  # fmt: skip
-    _assert_4xx(fuzz_api.request("POST", INFER, body, headers))
-
-
-WORDS = ["v2", "models", "classifier", "versions", "1", "infer", "ready", "stats", "config",
-         "repository", "index", "load", "unload", "health", "%ff", ""]  # fmt: skip
-segment = st.text(
-    st.sampled_from("abcv2%0123456789ABCDEF._-~!$&'()*+,;=:@"), max_size=10
-) | st.sampled_from(WORDS)
+    fr.check_headers(fuzz_api, body, length, encoding, accept)
 
 
 @FUZZ
-@given(
-    parts=st.lists(segment, max_size=6),
-    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
-)
+@given(parts=fr.path_parts, method=fr.methods)
 def test_fuzz_paths(fuzz_api: Http, parts: list[str], method: str) -> None:
-    path = "/" + "/".join(parts)
-    status, headers, data = fuzz_api.request(method, path, b"{")
-    if status == 200:  # a GET route that takes no body (health, metadata)
-        assert method == "GET", (method, path)
-        return
-    _assert_4xx((status, headers, data))
+    fr.check_path(fuzz_api, parts, method)
 
 
 def test_server_still_correct_after_the_fuzz(small_server: ServerProcess, repo: Path) -> None:
