@@ -8,6 +8,7 @@ onnxruntime exception.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -18,6 +19,8 @@ from serving.datatypes import DATATYPE_BY_ORT_TYPE
 from serving.errors import InferenceFailed, ModelLoadError
 
 logger = logging.getLogger(__name__)
+#: Seconds between two log lines about failed runs of one session (the rest are counted).
+FAILURE_LOG_EVERY_S = 10.0
 
 CPU_EP = "CPUExecutionProvider"
 CUDA_EP = "CUDAExecutionProvider"
@@ -153,12 +156,29 @@ class OnnxRuntime:
         ]
         self._output_names = [o.name for o in self.outputs]
         self._run = _direct_run(self._session) if self.provider == CPU_EP else self._session.run
+        self._label = label
+        self._failures = 0
+        self._logged_at = float("-inf")
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
             return self._run(self._output_names, feeds, None)  # type: ignore[no-any-return]
         except Exception as exc:
+            self._log_failure(exc)
             raise InferenceFailed(f"onnxruntime failed: {exc}") from exc
+
+    def _log_failure(self, exc: Exception) -> None:
+        """A failed run is the client's answer (INTERNAL) and a log line for
+        the operator: the first, then one per ``FAILURE_LOG_EVERY_S`` with
+        the count in between, so a client sending what the graph rejects
+        cannot flood the log."""
+        self._failures += 1
+        now = time.monotonic()
+        if now - self._logged_at < FAILURE_LOG_EVERY_S:
+            return
+        logger.warning("%s: onnxruntime run failed (%d time(s) since the last report): %s",
+                       self._label, self._failures, exc)  # fmt: skip
+        self._failures, self._logged_at = 0, now
 
 
 def _direct_run(session: Any) -> Any:

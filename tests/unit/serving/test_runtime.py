@@ -52,3 +52,23 @@ def test_a_session_without_the_inner_object_keeps_the_public_run() -> None:
 
     session = Wrapped()
     assert _direct_run(session) == session.run
+
+
+def test_failed_runs_are_logged_first_and_then_counted(
+    model_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    runtime = OnnxRuntime(model_path, device="cpu", label="m:1")
+    bad = {"input": np.ones((2, 7), np.float32)}
+    with caplog.at_level("WARNING", logger="serving.runtime"):
+        for _ in range(3):
+            with pytest.raises(InferenceFailed):
+                runtime.run(bad)
+    lines = [r.getMessage() for r in caplog.records if r.name == "serving.runtime"]
+    assert len(lines) == 1, lines  # the next two fall within FAILURE_LOG_EVERY_S
+    assert lines[0].startswith("m:1: onnxruntime run failed (1 time(s) since the last report)")
+    runtime._logged_at -= 60  # as if the report interval had passed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="serving.runtime"), pytest.raises(InferenceFailed):
+        runtime.run(bad)
+    lines = [r.getMessage() for r in caplog.records if r.name == "serving.runtime"]
+    assert len(lines) == 1 and "(3 time(s) since the last report)" in lines[0], lines
