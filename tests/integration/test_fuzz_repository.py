@@ -1,13 +1,9 @@
 """Hypothesis-generated model folders dropped into a polling server's
 repository while traffic flows (issue 17: where the probe went).
 
-Each example is one folder: a valid model or a broken one (garbage ONNX
-bytes, a garbage or contradictory config), plus junk beside it (file names
-that are not UTF-8, FIFOs, folders and big sparse files where labels are
-expected, notes files). The server must mark a valid folder READY and a
-broken one not ready with a reason, never the reverse; a sentinel model
-keeps answering every request of a client thread throughout; and the loop
-watchdog (on in every test server) must not see a stall over 100 ms.
+The folders and the checks made for each are ``devtools/fuzz_repository.py``'s
+(its docstring says what is generated and what must hold); here they run
+40 examples against one polling server.
 
 A poll is known to have run after a change when a version published after
 it serves (never by sleeping). The generators and the check are

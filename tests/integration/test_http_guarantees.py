@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 
 from devtools import fuzz_rest as fr
+from devtools.fuzz_metrics import read_all
 from devtools.serverproc import ServerProcess, wait_for
 from tests.integration.helpers import build_repo, model_file, reference
 from tests.integration.http_helpers import Http, error_of
@@ -167,16 +168,7 @@ def _raw(url: str, head: bytes, body: bytes = b"") -> bytes:
     host, port = url.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head + body)
-        chunks = []
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-    return b"".join(chunks)
+        return read_all(sock)
 
 
 def test_413_before_the_body_and_while_streaming(small_server: ServerProcess, repo: Path) -> None:
