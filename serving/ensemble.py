@@ -132,17 +132,11 @@ class EnsembleScheduler:
         return found
 
     def submit(
-        self,
-        feeds: dict[str, np.ndarray],
-        rows: int,
-        deadline: float | None = None,
-        priority: int = 0,
-        timeout_us: int = 0,
-        held: int = 0,
+        self, feeds: dict[str, np.ndarray], rows: int, deadline: float | None = None, *_: int
     ) -> asyncio.Future[BatchResult]:
-        """``priority``, ``timeout_us`` and ``held`` are accepted for the request
-        path's sake; each step is queued at its own model's default level, and
-        bounded by its own queue."""
+        """The request's scheduling arguments after ``deadline`` (priority,
+        timeout, held bytes: see ``versions.Submit``) are ignored: each step is
+        queued at its own model's default level, and bounded by its own queue."""
         if self._closing:
             raise ShuttingDown(f"ensemble '{self.name}' is shutting down; retry on another replica")
         # Every step's version is taken now, so one request sees one set of
@@ -232,7 +226,8 @@ class EnsembleScheduler:
         recorder = loaded.recorder
         try:
             feeds, step_rows = loaded.signature.validate(inputs)
-            future = loaded.batcher.submit(feeds, step_rows, deadline)
+            # the step model's default level, no timeout of its own, no held bytes
+            future = loaded.batcher.submit(feeds, step_rows, deadline, 0, 0, 0)
         except ServingError as exc:
             recorder.failure(code_name(exc))
             raise

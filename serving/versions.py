@@ -55,6 +55,13 @@ def parse_version(text: str) -> int | None:
     return None
 
 
+#: (feeds, rows, deadline, priority, timeout_us, held) -> the request's
+#: future; the request path passes them by position.
+Submit = Callable[
+    [dict[str, np.ndarray], int, "float | None", int, int, int], "asyncio.Future[BatchResult]"
+]
+
+
 class Scheduler(Protocol):
     """What the request path needs of a version's queue: a ``DynamicBatcher``,
     or an ensemble's ``EnsembleScheduler``."""
@@ -62,15 +69,10 @@ class Scheduler(Protocol):
     @property
     def name(self) -> str: ...
 
-    def submit(
-        self,
-        feeds: dict[str, np.ndarray],
-        rows: int,
-        deadline: float | None = None,
-        priority: int = 0,
-        timeout_us: int = 0,
-        held: int = 0,
-    ) -> asyncio.Future[BatchResult]: ...
+    @property
+    def submit(self) -> Submit:
+        """Queue one validated request, as ``DynamicBatcher.submit``."""
+        ...
 
     async def close(self, drain: bool = True) -> None: ...
 
