@@ -230,15 +230,16 @@ class ModelSignature:
     def check_outputs(self, requested: Sequence[RequestedOutput]) -> None:
         seen: set[str] = set()
         for out in requested:
-            spec = self.outputs.get(out.name)
-            if spec is None:
+            # A repeat is checked first: its earlier occurrence already passed
+            # the name check, so the first error found is the same either way.
+            if out.name in seen:
+                raise InvalidInput(f"output {quoted(out.name)} is requested more than once")
+            seen.add(out.name)
+            if out.name not in self.outputs:
                 raise InvalidInput(
                     f"model '{self.model}' has no output {quoted(out.name)}; "
                     f"its outputs are {list(self.output_names)}"
                 )
-            if out.name in seen:
-                raise InvalidInput(f"output {quoted(out.name)} is requested more than once")
-            seen.add(out.name)
             if out.class_count < 0:
                 raise InvalidInput(
                     f"output {quoted(out.name)}: classification needs class_count >= 1, "
