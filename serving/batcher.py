@@ -55,6 +55,9 @@ from serving.queues import PriorityQueue, QueueSetup
 logger = logging.getLogger(__name__)
 
 RunFn = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+#: A batch's run, timed (``clock.timed_inline``/``timed_in_pool``), or its
+#: failure re-raised: outputs, compute seconds, CPU seconds.
+Produce = Callable[[Any], tuple[list[np.ndarray], float, float]]
 
 
 #: More worker tasks than this per batcher are never started (instance_group
@@ -164,7 +167,6 @@ class DynamicBatcher:
         id), counted against ``max_queue_bytes`` with them."""
         if self._closing:
             raise ShuttingDown(f"model '{self._name}' is shutting down; retry on another replica")
-        now = self._clock.now()
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         if (
             self._busy == 0
@@ -173,10 +175,17 @@ class DynamicBatcher:
             and self._compute_avg < self._inline_below
         ):
             # The direct path: an idle batcher of a fast model runs the request
-            # now, so admission (levels, timeouts, the byte bound) has nothing
-            # to refuse or to schedule.
-            self._run_now(Job(feeds, rows, future, now, deadline, 0))
+            # now, in the caller's turn of the event loop (nothing else runs
+            # meanwhile), so admission (levels, timeouts, the byte bound) has
+            # nothing to refuse or to schedule, and no worker wakes up.
+            try:
+                outputs, compute = self._produce(rows, self._inline_run, feeds)
+            except ServingError as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(BatchResult(outputs, 0.0, compute, rows))
             return future
+        now = self._clock.now()
         level, deadline, delay_at = self._queue.admit(priority, timeout_us, now, deadline,
                                                       self._name)  # fmt: skip
         nbytes = held
@@ -330,44 +339,15 @@ class DynamicBatcher:
             return
         self._complete(jobs, started, lambda r: r, result)
 
-    def _run_now(self, job: Job) -> None:
-        """The direct path: an idle batcher of a fast model runs a request in
-        the caller's turn of the event loop, with no worker wake-up."""
-        self._busy += 1
-        try:
-            self._complete([job], job.enqueued, self._inline_run, job.feeds)
-        finally:
-            self._busy -= 1
-
-    def _complete(
-        self,
-        jobs: list[Job],
-        started: float,
-        produce: Callable[[Any], tuple[list[np.ndarray], float, float]],
-        arg: Any,
-    ) -> None:
+    def _complete(self, jobs: list[Job], started: float, produce: Produce, arg: Any) -> None:
         """Get the batch's outputs from ``produce(arg)`` and answer its jobs;
         any failure fails exactly these jobs."""
         rows = jobs[0].rows if len(jobs) == 1 else sum([job.rows for job in jobs])
         try:
-            outputs, compute, cpu = produce(arg)
-            for out in outputs:
-                if out.ndim == 0 or (self._batching and out.shape[0] != rows):
-                    raise InferenceFailed(
-                        f"model '{self._name}' returned an output of shape {list(out.shape)} "
-                        f"for a batch of {rows} rows"
-                    )
+            outputs, compute = self._produce(rows, produce, arg)
         except ServingError as exc:
             self._fail(jobs, exc)
             return
-        except Exception as exc:  # a runtime bug must fail this batch only
-            logger.error("batch of %d rows on model '%s' failed", rows, self._name, exc_info=exc)
-            self._fail(jobs, InferenceFailed(f"inference failed: {type(exc).__name__}"))
-            return
-        avg = self._compute_avg
-        self._compute_avg = cpu if avg == float("inf") else avg + 0.2 * (cpu - avg)
-        if self._on_batch is not None:
-            self._on_batch(rows, compute)
         if len(jobs) == 1:
             job = jobs[0]
             if not job.future.done():
@@ -381,6 +361,29 @@ class DynamicBatcher:
                 queued = started - job.enqueued
                 job.future.set_result(BatchResult(rows_of, queued, compute, rows, outputs))
             offset = end
+
+    def _produce(self, rows: int, produce: Produce, arg: Any) -> tuple[list[np.ndarray], float]:
+        """A batch of ``rows`` rows' outputs from ``produce(arg)``, checked, and
+        its compute seconds, counted (running average, ``on_batch``). Raises
+        ServingError; any other failure is logged and becomes one."""
+        try:
+            outputs, compute, cpu = produce(arg)
+            for out in outputs:
+                if out.ndim == 0 or (self._batching and out.shape[0] != rows):
+                    raise InferenceFailed(
+                        f"model '{self._name}' returned an output of shape {list(out.shape)} "
+                        f"for a batch of {rows} rows"
+                    )
+        except ServingError:
+            raise
+        except Exception as exc:  # a runtime bug must fail this batch only
+            logger.error("batch of %d rows on model '%s' failed", rows, self._name, exc_info=exc)
+            raise InferenceFailed(f"inference failed: {type(exc).__name__}") from None
+        avg = self._compute_avg
+        self._compute_avg = cpu if avg == float("inf") else avg + 0.2 * (cpu - avg)
+        if self._on_batch is not None:
+            self._on_batch(rows, compute)
+        return outputs, compute
 
     @staticmethod
     def _fail(jobs: list[Job], exc: ServingError) -> None:
