@@ -106,9 +106,10 @@ class InferenceService:
     out, ``ServingError`` for every failure, and each inference request
     counted once (``VersionRecorder``) whatever its outcome.
 
-    ``infer`` for callers that await; ``begin``/``finish`` for callers that
-    prefer a callback on the batcher's future (the stream handler), so a
-    request costs no task of its own."""
+    Inference is ``begin`` (look up, validate, queue) and then either
+    ``answer`` for callers that await, or ``finish`` from a callback on the
+    batcher's future (the stream handler), so a request costs no task of
+    its own."""
 
     def __init__(
         self,
@@ -205,17 +206,9 @@ class InferenceService:
 
     # -- inference -----------------------------------------------------------
 
-    async def infer(
-        self,
-        request: InferRequest,
-        started: float,
-        deadline: float | None = None,
-        trace: RequestTrace | None = None,
-    ) -> InferResponse:
-        """``started`` is when the transport received the request (perf_counter
-        seconds); ``deadline`` the perf_counter time after which it is dropped;
-        ``trace`` its trace when sampled (the transport ends it once encoded)."""
-        pending = self.begin(request, started, deadline, trace)
+    async def answer(self, pending: Pending) -> InferResponse:
+        """The awaitable form: wait for a request ``begin`` queued, then
+        ``finish`` it."""
         try:
             await pending.future
         except BaseException:
@@ -231,7 +224,10 @@ class InferenceService:
         trace: RequestTrace | None = None,
     ) -> Pending:
         """Look up, validate and queue; raises ServingError for a bad request.
-        The ``priority`` and ``timeout`` (microseconds) request parameters
+        ``started`` is when the transport received the request (perf_counter
+        seconds); ``deadline`` the perf_counter time after which it is
+        dropped; ``trace`` its trace when sampled (the transport ends it once
+        encoded). The ``priority`` and ``timeout`` (microseconds) request parameters
         of the schedule-policy extension go to the model's queue policy."""
         try:
             loaded = self._table.get(request.model_name, request.model_version)

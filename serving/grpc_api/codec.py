@@ -205,11 +205,7 @@ def encode_response(
     key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
     layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = pb.ModelInferResponse(
-            outputs=[_InferOutput(name=n, datatype=d, shape=s) for n, d, s in key]
-        ).SerializeToString()
-        if len(_LAYOUTS) < _MAX_LAYOUTS:
-            _LAYOUTS[key] = layout
+        layout = _layout(key)
     message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
@@ -220,6 +216,68 @@ def encode_response(
     )
     message.MergeFromString(layout)
     return message
+
+
+#: The serialized name and version (fields 1 and 2) by (model, version);
+#: bounded like ``_LAYOUTS``.
+_HEADS: dict[tuple[str, str], bytes] = {}
+_VARINT_1 = [bytes([n]) for n in range(0x80)]
+_ID_TAG, _RAW_TAG = b"\x1a", b"\x32"  # fields 3 and 6, length-delimited
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return _VARINT_1[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def serialize_response(response: InferResponse, shm: shared.ShmRequest | None = None) -> bytes:
+    """``encode_response(response, shm).SerializeToString()``, the same bytes
+    (a unit test compares them), without building the message: ModelInfer
+    is registered with no response serializer. The parts that repeat come
+    serialized by protobuf itself, kept per model version (name, version)
+    and per layout (``_LAYOUTS``); the id and the raw contents are appended
+    as length-delimited fields, in field order as protobuf writes them
+    (timeit here, one mlp-circle output: 1.1 µs against 3.2 µs to build
+    and serialize the message)."""
+    if shm is not None and shm.outputs:
+        return _encode_with_shm(response, shm).SerializeToString()
+    tensors = response.outputs
+    names = (response.model_name, response.model_version)
+    head = _HEADS.get(names)
+    if head is None:
+        head = pb.ModelInferResponse(
+            model_name=names[0], model_version=names[1]
+        ).SerializeToString()
+        if len(_HEADS) < _MAX_LAYOUTS:
+            _HEADS[names] = head
+    key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = _layout(key)
+    parts = [head]
+    if response.id:
+        ident = response.id.encode()
+        parts += (_ID_TAG, _varint(len(ident)), ident)
+    parts.append(layout)
+    for t in tensors:
+        data = encode_bytes(t.data) if t.datatype == "BYTES" else t.data.tobytes()
+        parts += (_RAW_TAG, _varint(len(data)), data)
+    return b"".join(parts)
+
+
+def _layout(key: tuple[tuple[str, str, tuple[int, ...]], ...]) -> bytes:
+    layout = pb.ModelInferResponse(
+        outputs=[_InferOutput(name=n, datatype=d, shape=s) for n, d, s in key]
+    ).SerializeToString()
+    if len(_LAYOUTS) < _MAX_LAYOUTS:
+        _LAYOUTS[key] = layout
+    return layout
 
 
 def _encode_with_shm(response: InferResponse, shm: shared.ShmRequest) -> pb.ModelInferResponse:

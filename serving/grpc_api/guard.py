@@ -6,7 +6,8 @@ answers UNKNOWN with a traceback in the log. ``add_guarded`` registers the
 same handlers with a deserializer that never raises and a handler wrapper
 that refuses such a request cleanly. This is the one mechanism for it (an
 interceptor cannot change a deserializer); ModelInfer, the hot path, is
-registered with no deserializer at all and parses its bytes itself.
+registered with no deserializer and no serializer at all: it parses its
+request bytes itself and returns its answer serialized.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, AsyncIterator, Callable
 import grpc
 from google.protobuf.message import DecodeError
 
-from serving.grpc_api.servicer import RAW_REQUEST_METHODS, SERVICE_NAME, undecodable_message
+from serving.grpc_api.servicer import RAW_METHODS, SERVICE_NAME, undecodable_message
 
 
 class _Undecodable:
@@ -133,9 +134,9 @@ def add_guarded(add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio
     guarded = {}
     for name, h in capture.handlers.items():
         method = f"/{capture.service}/{name}"
-        if capture.service == SERVICE_NAME and name in RAW_REQUEST_METHODS:
-            # The handler parses the bytes itself: no wrapper on the hot path.
-            guarded[name] = h._replace(request_deserializer=None)
+        if capture.service == SERVICE_NAME and name in RAW_METHODS:
+            # The handler parses and serializes itself: no wrapper on the hot path.
+            guarded[name] = h._replace(request_deserializer=None, response_serializer=None)
             continue
         deserializer = _safe(h.request_deserializer) if h.request_deserializer else None
         if h.unary_unary is not None:

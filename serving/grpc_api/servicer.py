@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 _now = time.perf_counter
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-#: Methods whose handlers take the raw request bytes and parse them themselves.
-RAW_REQUEST_METHODS = frozenset({"ModelInfer"})
+#: Methods whose handlers take the raw request bytes and parse them
+#: themselves, and return their answer serialized.
+RAW_METHODS = frozenset({"ModelInfer"})
 _parse_infer_request = pb.ModelInferRequest.FromString
 
 T = TypeVar("T")
@@ -135,15 +136,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference -----------------------------------------------------------
 
-    async def ModelInfer(
+    async def ModelInfer(  # type: ignore[override]  # bytes out: see RAW_METHODS
         self,
         request: pb.ModelInferRequest | bytes,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> pb.ModelInferResponse:
-        """Registered with no request deserializer (``RAW_REQUEST_METHODS``):
-        the body is parsed here, so a body that is not a message is a clean
-        INVALID_ARGUMENT without a wrapper on the hot path. The shared-memory
-        regions the request uses are held until its answer is written."""
+    ) -> bytes:
+        """Registered with no request deserializer and no response serializer
+        (``RAW_METHODS``): the body is parsed here, so a body that is not a
+        message is a clean INVALID_ARGUMENT without a wrapper on the hot path,
+        and the answer leaves serialized (``codec.serialize_response``). The
+        shared-memory regions the request uses are held until its answer is
+        written."""
         started = _now()
         if type(request) is bytes:
             try:
@@ -168,8 +171,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                    started) if tracing.on else None
             )  # fmt: skip
             try:
-                response = await self.service.infer(decoded, started, deadline, trace)
-                reply = codec.encode_response(response, shm)
+                service = self.service
+                response = await service.answer(service.begin(decoded, started, deadline, trace))
+                reply = codec.serialize_response(response, shm)
             except ServingError as exc:  # counted by the service; an output too big for its
                 # shared-memory region fails in encode, after it counted the answer
                 if trace is not None:

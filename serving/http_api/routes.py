@@ -250,7 +250,9 @@ class RestApp:
             raise
         tracing = service.tracing
         trace = tracing.start_http(name, request.headers, request.started) if tracing.on else None
-        response = await service.infer(decoded.request, request.started, None, trace)
+        response = await service.answer(
+            service.begin(decoded.request, request.started, None, trace)
+        )
         payload, json_len = codec.encode_response(response, decoded)
         if trace is not None:
             trace.end()

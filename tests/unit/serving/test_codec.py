@@ -311,3 +311,35 @@ def test_response_layouts_past_the_cap_still_encode(monkeypatch: pytest.MonkeyPa
         assert list(msg.outputs[0].shape) == [rows]
         assert np.frombuffer(msg.raw_output_contents[0], np.float32).tolist() == array.tolist()
     assert len(codec._LAYOUTS) == 2
+
+
+@pytest.mark.parametrize("datatype", NUMERIC + ["BYTES"])
+@pytest.mark.parametrize(
+    ("request_id", "rows"),
+    [("", 1), ("id-9", 2), ("é" * 70, 3), ("x" * 20_000, 700)],  # 1-, 2- and 3-byte lengths
+)
+def test_serialized_response_is_the_messages_bytes(
+    datatype: str, request_id: str, rows: int
+) -> None:
+    """ModelInfer answers with ``serialize_response``'s bytes (no message):
+    they must be exactly what protobuf writes for the message, whatever the
+    id's and the tensors' lengths."""
+    array = np.resize(sample(datatype), rows * 3).reshape(rows, 3)
+    response = InferResponse(
+        "model", "12", (Tensor("out", datatype, (rows, 3), array),
+                        Tensor("b", "FP32", (1,), np.ones(1, np.float32))), request_id,
+    )  # fmt: skip
+    assert codec.serialize_response(response) == codec.encode_response(response).SerializeToString()
+
+
+def test_serialized_response_heads_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names and versions are kept serialized up to the cap, then built each time."""
+    monkeypatch.setattr(codec, "_HEADS", {})
+    monkeypatch.setattr(codec, "_MAX_LAYOUTS", 2)
+    array = np.arange(4, dtype=np.float32)
+    for version in range(1, 6):
+        response = InferResponse("m", str(version), (Tensor("y", "FP32", (4,), array),), "r")
+        wire = pb.ModelInferResponse.FromString(codec.serialize_response(response))
+        assert (wire.model_name, wire.model_version, wire.id) == ("m", str(version), "r")
+        assert np.frombuffer(wire.raw_output_contents[0], np.float32).tolist() == array.tolist()
+    assert len(codec._HEADS) == 2

@@ -108,7 +108,8 @@ def request(value: float = 1.0, version: str = "") -> InferRequest:
 
 
 async def infer(app: App, value: float = 1.0, version: str = "") -> float:
-    response = await app.service.infer(request(value, version), time.perf_counter())
+    service = app.service
+    response = await service.answer(service.begin(request(value, version), time.perf_counter()))
     return float(response.outputs[0].data.reshape(-1)[0])
 
 
