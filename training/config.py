@@ -20,6 +20,9 @@ OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
 #: The `training.engine.fit` keywords a config decides, each its field of the same name.
 FIT_FIELDS = ("optimizer", "lr", "epochs", "batch_size", "weight_decay", "seed", "label_smoothing")
 
+#: The fields that decide a run's training and held-out data (`training.datasets.load_for`).
+DATA_FIELDS = ("dataset", "seed", "n_samples", "noise", "val_fraction")
+
 #: Model names become folder names under the repository (and Triton model names).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -101,6 +104,10 @@ class TrainConfig:
     def fit_kwargs(self) -> dict[str, Any]:
         """The keywords of `training.engine.fit` this run trains with (`FIT_FIELDS`)."""
         return {name: getattr(self, name) for name in FIT_FIELDS}
+
+    def data_fields(self) -> dict[str, Any]:
+        """Which data this run trains and is checked on (`DATA_FIELDS`)."""
+        return {name: getattr(self, name) for name in DATA_FIELDS}
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)
