@@ -7,10 +7,11 @@ Imports nothing of the project: any CLI (``dlserve.cli``, ``training.cli``,
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
-__all__ = ["OneLineParser", "non_negative_int", "number", "positive_int"]
+__all__ = ["OneLineParser", "add_command", "non_negative_int", "number", "positive_int"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -18,6 +19,25 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_command(
+    sub: Any, name: str, run: Callable[[argparse.Namespace], int], **kwargs: Any
+) -> argparse.ArgumentParser:
+    """Add the subcommand ``name`` to the subparsers ``sub``; it calls ``run``.
+
+    ``run``'s docstring describes the command, as the scripts' module
+    docstrings describe them: its first paragraph is the command's line in
+    ``dlserve --help``, the rest its ``--help`` description. argparse refills
+    both, so the docstring's line breaks do not show. ``kwargs`` (an epilog)
+    go to ``add_parser``.
+    """
+    summary, _, description = (inspect.getdoc(run) or "").partition("\n\n")
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary or None, description=description or None, **kwargs
+    )
+    parser.set_defaults(func=run)
+    return parser
 
 
 def positive_int(text: str) -> int:

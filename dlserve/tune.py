@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from dlserve.argparsing import add_command
 from dlserve.errors import CliError
 
 #: The space's dimensions and their default values (flag, point key, default).
@@ -41,15 +42,7 @@ DIMENSION_FLAGS = (
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "tune",
-        help="measure candidate configs under load; write the best config.pbtxt, a table, a plot",
-        description="Serve MODEL under candidate configs (a hill climb over the dimensions "
-        "below, starting from each one's first value), drive each with closed-loop gRPC load "
-        "at rising --concurrency until p99 passes --latency-budget-ms, and write the config "
-        "with the highest throughput within the budget. With --url only the running server's "
-        "current config is measured (this server takes no config override on load).",
-    )
+    p = add_command(sub, "tune", run_tune)
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--repository", type=Path, metavar="DIR", help="model repository")
     where.add_argument("--url", metavar="HOST:PORT", help="a running server's gRPC address")
@@ -73,7 +66,6 @@ def register(sub: Any) -> None:
     p.add_argument("--max-windows", type=int, default=3, metavar="N",
                    help="windows per level at most; default 3")  # fmt: skip
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.set_defaults(func=run_tune)
 
 
 def _ints(flag: str, text: str) -> tuple[int, ...]:
@@ -147,6 +139,14 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
+    """measure candidate configs under load; write the best config.pbtxt, a table, a plot
+
+    Serve MODEL under candidate configs (a hill climb over the dimensions below, starting from
+    each one's first value), drive each with closed-loop gRPC load at rising --concurrency until
+    p99 passes --latency-budget-ms, and write the config with the highest throughput within the
+    budget. With --url only the running server's current config is measured (this server takes
+    no config override on load).
+    """
     from dlserve import tune_plot
 
     _check(args)

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from dlserve.argparsing import add_command
 from dlserve.errors import CliError
 
 #: serve flags that map 1:1 onto ServingSettings fields (None = not given).
@@ -25,13 +26,7 @@ _SETTINGS_FLAGS = (
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="run the inference server (KServe V2 REST + gRPC, Prometheus metrics)",
-        description="Serve a Triton-layout model repository over KServe V2 REST and gRPC. "
-        "Every flag can also be set by an environment variable SERVING_<FLAG> "
-        "(e.g. SERVING_GRPC_PORT=9001); flags win.",
-    )
+    p = add_command(sub, "serve", run_serve)
     p.add_argument("--model-repository", type=Path, metavar="DIR", help="default: models")
     p.add_argument("--host", help="bind address (default 0.0.0.0)")
     p.add_argument("--http-port", type=int, metavar="PORT", help="REST API; default 8000, 0: off")
@@ -89,16 +84,8 @@ def register(sub: Any) -> None:
         "flag): level=TIMESTAMPS, rate=N, count=N, opentelemetry,url=http://HOST:4318/v1/traces, "
         "opentelemetry,resource=K=V; see docs/monitoring.md",
     )  # fmt: skip
-    p.set_defaults(func=run_serve)
 
-    p = sub.add_parser(
-        "predict",
-        help="send one inference request and print the outputs as JSON",
-        description="Send one inference request (gRPC, or REST with --protocol http or an "
-        "http:// --url). --data is JSON: a nested list for the "
-        "model's single input, or an object {input_name: nested list}. A missing batch "
-        "dimension is added. For classifiers the top classes are printed with labels.",
-    )
+    p = add_command(sub, "predict", run_predict)
     p.add_argument(
         "--url", default="127.0.0.1:8001",
         help="HOST:PORT of the server (gRPC 8001, or HTTP 8000 with --protocol http); "
@@ -112,14 +99,8 @@ def register(sub: Any) -> None:
     p.add_argument("--auth-token", help="bearer token, if the server requires one")
     p.add_argument("--tls-ca", type=Path, metavar="FILE", help="CA to verify a TLS server")
     p.add_argument("--timeout", type=float, default=10.0, metavar="S")
-    p.set_defaults(func=run_predict)
 
-    p = sub.add_parser(
-        "bench",
-        help="closed-loop gRPC or HTTP load: throughput and latency percentiles",
-        description="Keep N requests in flight for a duration at each concurrency and "
-        "report req/s, samples/s, p50/p90/p99 latency and errors.",
-    )
+    p = add_command(sub, "bench", run_bench)
     p.add_argument("--url", default="127.0.0.1:8001", help="HOST:PORT, or http://HOST:PORT")
     p.add_argument("--protocol", choices=("grpc", "http"), help="default: from --url, else grpc")
     p.add_argument("--model", required=True)
@@ -131,7 +112,6 @@ def register(sub: Any) -> None:
     p.add_argument("--streaming", action="store_true", help="use ModelStreamInfer")
     p.add_argument("--json", type=Path, metavar="FILE", help="write one record per concurrency")
     p.add_argument("--auth-token")
-    p.set_defaults(func=run_bench)
 
 
 def _on_off(value: str) -> bool:
@@ -159,6 +139,11 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """run the inference server (KServe V2 REST + gRPC, Prometheus metrics)
+
+    Serve a Triton-layout model repository over KServe V2 REST and gRPC. Every flag can also be
+    set by an environment variable SERVING_<FLAG> (e.g. SERVING_GRPC_PORT=9001); flags win.
+    """
     import asyncio
 
     settings = _settings(args)
@@ -247,12 +232,23 @@ def _check_port(host: str, port: int, flag: str) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    """send one inference request and print the outputs as JSON
+
+    Send one inference request (gRPC, or REST with --protocol http or an http:// --url). --data
+    is JSON: a nested list for the model's single input, or an object {input_name: nested list}.
+    A missing batch dimension is added. For classifiers the top classes are printed with labels.
+    """
     from dlserve.predict import predict
 
     return predict(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """closed-loop gRPC or HTTP load: throughput and latency percentiles
+
+    Keep N requests in flight for a duration at each concurrency and report req/s, samples/s,
+    p50/p90/p99 latency and errors.
+    """
     from dlserve.bench import main
 
     return main(args)

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dlserve.argparsing import non_negative_int, number, positive_int
+from dlserve.argparsing import add_command, non_negative_int, number, positive_int
 from dlserve.errors import CliError
 from training.config import ACTIVATIONS, DATASETS, MODELS, OPTIMIZERS, TrainConfig
 from training.presets import PRESETS
@@ -52,16 +52,10 @@ def register(subparsers: Any) -> None:
 
 def _register_train(subparsers: Any) -> None:
     presets = ", ".join(PRESETS)
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "train",
-        help="train a preset or custom classifier and export it as a new model version",
-        description=(
-            "Train a classifier and export it to ONNX as version N+1 of "
-            "REPOSITORY/NAME (config.pbtxt and labels.txt are written too). The "
-            "export is refused unless ONNX Runtime reproduces PyTorch's logits "
-            "(max |delta| <= 1e-5, same argmax) on the held-out set. A report "
-            "(metrics.json and PNG plots) goes to RUNS_DIR/NAME/vN/."
-        ),
+        _train,
         epilog=(
             f"presets: {presets}. Examples: dlserve train --preset mlp-circle; "
             "dlserve train --all-presets --fresh; "
@@ -139,21 +133,15 @@ def _register_train(subparsers: Any) -> None:
         "--dry-run", action="store_true", help="train on one batch and stop (no export)"
     )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
 
 
 def _register_experiment(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "experiment",
-        help="run one of the seed's experiments (PNG plots and a markdown report)",
-        description="Run one of the seed's experiments: PNG plots and a markdown report.",
-    )
+    p = add_command(subparsers, "experiment", _experiment)
     p.add_argument("name", metavar="NAME", choices=EXPERIMENTS, help=", ".join(EXPERIMENTS))
     p.add_argument("--dataset", choices=DATASETS, help="data set (default: the experiment's)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--out", help="output folder (default: runs/experiments/NAME)")
     p.add_argument("--quick", action="store_true", help="fewer epochs and settings (smoke run)")
-    p.set_defaults(func=_experiment)
 
 
 _OVERRIDES = (
@@ -222,6 +210,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """train a preset or custom classifier and export it as a new model version
+
+    Train a classifier and export it to ONNX as version N+1 of REPOSITORY/NAME (config.pbtxt and
+    labels.txt are written too). The export is refused unless ONNX Runtime reproduces PyTorch's
+    logits (max |delta| <= 1e-5, same argmax) on the held-out set. A report (metrics.json and
+    PNG plots) goes to RUNS_DIR/NAME/vN/.
+    """
     configs = configs_from_args(args)
     repository, runs_dir = Path(args.repository), Path(args.runs_dir)
     from training.repository import check_repository_writable, preflight
@@ -263,6 +258,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _experiment(args: argparse.Namespace) -> int:
+    """run one of the seed's experiments (PNG plots and a markdown report)
+
+    Run one of the seed's experiments: PNG plots and a markdown report.
+    """
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -9,12 +9,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 DATASETS_2D = ("linear", "circle", "xor", "gaussian", "spiral")
 DATASETS = (*DATASETS_2D, "digits")
 MODELS = ("perceptron", "mlp", "cnn")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu")
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam")
+
+#: The `training.engine.fit` keywords a config decides, each its field of the same name.
+FIT_FIELDS = ("optimizer", "lr", "epochs", "batch_size", "weight_decay", "seed", "label_smoothing")
+
+#: The fields that decide a run's training and held-out data (`training.datasets.load_for`).
+DATA_FIELDS = ("dataset", "seed", "n_samples", "noise", "val_fraction")
 
 #: Model names become folder names under the repository (and Triton model names).
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -93,6 +100,14 @@ class TrainConfig:
             raise ValueError(f"validation fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_batch_size < 1:
             raise ValueError(f"max batch size must be positive, got {self.max_batch_size}")
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keywords of `training.engine.fit` this run trains with (`FIT_FIELDS`)."""
+        return {name: getattr(self, name) for name in FIT_FIELDS}
+
+    def data_fields(self) -> dict[str, Any]:
+        """Which data this run trains and is checked on (`DATA_FIELDS`)."""
+        return {name: getattr(self, name) for name in DATA_FIELDS}
 
     def as_dict(self) -> dict[str, object]:
         d = asdict(self)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dlserve.argparsing import number, positive_int
+from dlserve.argparsing import add_command, number, positive_int
 from dlserve.errors import CliError
 
 __all__ = ["register"]
@@ -22,20 +22,10 @@ KINDS = ("int8", "fp16", "opt")
 
 def register(subparsers: Any) -> None:
     """Add ``optimize`` to the ``dlserve`` subparsers."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "optimize",
-        help="a faster variant (int8, fp16, opt) as a new version, kept only if accuracy holds",
-        description=(
-            "Build a faster variant of REPOSITORY/MODEL's newest FP32 version with ONNX "
-            "Runtime's tools and write it as version N+1 (or as a new model --name): int8 = "
-            "static QDQ quantization calibrated on the model's own training split; fp16 = "
-            "float16 weights and math with FP32 inputs/outputs (for the CUDA provider); opt = "
-            "offline graph optimization (ORT_ENABLE_BASIC, portable). The variant is refused "
-            "(exit 1, nothing written) if ONNX Runtime cannot load it or its held-out accuracy "
-            "drops by more than --max-accuracy-drop points. A report (accuracy, max |delta| of "
-            "probabilities, argmax agreement, size, latency at batch 1/8/64) is printed and "
-            "written to RUNS_DIR/NAME/vN/optimize.json."
-        ),
+        _optimize,
         epilog="Example: dlserve optimize --repository models --model digits-cnn --to int8",
     )
     p.add_argument("--repository", default="models", metavar="DIR", help="default: models")
@@ -67,10 +57,20 @@ def register(subparsers: Any) -> None:
         metavar="S",
         help="time spent on each latency figure (default 0.3)",
     )
-    p.set_defaults(func=_optimize)
 
 
 def _optimize(args: argparse.Namespace) -> int:
+    """a faster variant (int8, fp16, opt) as a new version, kept only if accuracy holds
+
+    Build a faster variant of REPOSITORY/MODEL's newest FP32 version with ONNX Runtime's tools
+    and write it as version N+1 (or as a new model --name): int8 = static QDQ quantization
+    calibrated on the model's own training split; fp16 = float16 weights and math with FP32
+    inputs/outputs (for the CUDA provider); opt = offline graph optimization (ORT_ENABLE_BASIC,
+    portable). The variant is refused (exit 1, nothing written) if ONNX Runtime cannot load it
+    or its held-out accuracy drops by more than --max-accuracy-drop points. A report (accuracy,
+    max |delta| of probabilities, argmax agreement, size, latency at batch 1/8/64) is printed
+    and written to RUNS_DIR/NAME/vN/optimize.json.
+    """
     try:
         import onnx  # noqa: F401
         import sklearn  # noqa: F401

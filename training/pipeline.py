@@ -123,15 +123,9 @@ def run(
                 split.y_train,
                 split.X_val,
                 split.y_val,
-                optimizer=cfg.optimizer,
-                lr=cfg.lr,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                weight_decay=cfg.weight_decay,
-                seed=cfg.seed,
                 progress=progress,
                 max_steps=1 if dry_run else None,
-                label_smoothing=cfg.label_smoothing,
+                **cfg.fit_kwargs(),
             )
         t_train = time.perf_counter()
         model.eval()

@@ -54,16 +54,9 @@ class Provenance:
     source: str
 
     def as_dict(self) -> dict[str, Any]:
+        """The source, the fields that decide the data, then the whole config."""
         cfg = self.config
-        return {
-            "source": self.source,
-            "dataset": cfg.dataset,
-            "seed": cfg.seed,
-            "n_samples": cfg.n_samples,
-            "noise": cfg.noise,
-            "val_fraction": cfg.val_fraction,
-            "config": cfg.as_dict(),
-        }
+        return {"source": self.source, **cfg.data_fields(), "config": cfg.as_dict()}
 
 
 def metadata_for(cfg: TrainConfig) -> dict[str, str]:

@@ -19,7 +19,7 @@ from training import datasets
 from training.engine import OPTIMIZERS
 from training.experiments import gd_paths, plots
 from training.experiments._common import TARGET_ACC, epochs_to, finite, rounded, train_mlp
-from training.experiments.report import ExperimentReport
+from training.experiments.report import Cell, ExperimentReport
 
 DEFAULT_DATASET = "spiral"
 FIGURE_MLP = "optimizers.png"
@@ -322,33 +322,20 @@ def _gd_2d(report: ExperimentReport, *, seed: int) -> None:
         "latest. All start at "
         f"w = {W0_2D}."
     )
-    rows = [
-        [
-            r.method,
-            r.batch_size,
-            r.lr,
-            r.updates,
-            r.stop_epoch,
-            rounded(float(np.linalg.norm(r.path[-1] - w_star)), 6),
-            rounded(float(r.losses[-1] - loss_star), 8),
-            r.stop,
-        ]
+    rows: list[dict[str, Cell]] = [
+        {
+            "method": r.method,
+            "batch size": r.batch_size,
+            "lr": r.lr,
+            "updates": r.updates,
+            "epochs": r.stop_epoch,
+            "‖w − w*‖ at the end": rounded(float(np.linalg.norm(r.path[-1] - w_star)), 6),
+            "L(w) − L(w*) at the end": rounded(float(r.losses[-1] - loss_star), 8),
+            "stopped because": r.stop,
+        }
         for r in runs
     ]
-    report.table(
-        "gd_2d",
-        [
-            "method",
-            "batch size",
-            "lr",
-            "updates",
-            "epochs",
-            "‖w − w*‖ at the end",
-            "L(w) − L(w*) at the end",
-            "stopped because",
-        ],
-        rows,
-    )
+    report.keyed_table("gd_2d", rows)
     report.image(FIGURE_2D, size, "GD, SGD and mini-batch paths on a quadratic bowl")
     report.results["gd_2d"] = {
         "w_star": [float(v) for v in w_star],

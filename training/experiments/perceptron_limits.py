@@ -117,31 +117,31 @@ def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool
     )
     size = plots.save(fig, report.out / FIGURE)
 
-    rows: list[list[Cell]] = []
+    rows: list[dict[str, Cell]] = []
     for name, r in pla.items():
         s = splits[name]
         rows.append(
-            [
-                "perceptron (PLA)",
-                name,
-                r.epochs,
-                r.mistakes_per_epoch[-1],
-                r.converged,
-                rounded(_accuracy(r, s.X_train, s.y_train), 4),
-                rounded(_accuracy(r, s.X_val, s.y_val), 4),
-            ]
+            {
+                "model": "perceptron (PLA)",
+                "data set": name,
+                "epochs": r.epochs,
+                "mistakes in last epoch": r.mistakes_per_epoch[-1],
+                "converged": r.converged,
+                "train acc": rounded(_accuracy(r, s.X_train, s.y_train), 4),
+                "val acc": rounded(_accuracy(r, s.X_val, s.y_val), 4),
+            }
         )
     reached = epochs_to(h.val_acc)
     rows.append(
-        [
-            f"MLP [{cfg.hidden}] {cfg.activation}",
-            hard,
-            h.epochs,
-            None,
-            reached is not None,
-            rounded(h.train_acc[-1], 4),
-            rounded(h.val_acc[-1], 4),
-        ]
+        {
+            "model": f"MLP [{cfg.hidden}] {cfg.activation}",
+            "data set": hard,
+            "epochs": h.epochs,
+            "mistakes in last epoch": None,
+            "converged": reached is not None,
+            "train acc": rounded(h.train_acc[-1], 4),
+            "val acc": rounded(h.val_acc[-1], 4),
+        }
     )
 
     report.text(
@@ -155,19 +155,7 @@ def run(report: ExperimentReport, *, dataset: str | None, seed: int, quick: bool
         f"accuracy reached {TARGET_ACC:.0%}"
         + (f" (at epoch {reached})." if reached else " (it did not).")
     )
-    report.table(
-        "runs",
-        [
-            "model",
-            "data set",
-            "epochs",
-            "mistakes in last epoch",
-            "converged",
-            "train acc",
-            "val acc",
-        ],
-        rows,
-    )
+    report.keyed_table("runs", rows)
     report.image(FIGURE, size, "perceptron and MLP decision boundaries")
     report.results["perceptron"] = {
         name: {

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from training.errors import ExperimentError
 
@@ -98,6 +98,16 @@ class ExperimentReport:
         table = Table(name, list(headers), [list(r) for r in rows])
         self.tables[name] = table
         self._blocks.append(markdown_table(table.headers, table.rows))
+
+    def keyed_table(self, name: str, rows: Sequence[Mapping[str, Cell]]) -> None:
+        """`table` from rows that name each cell's column, so a header stands
+        beside its value: the first row's keys, in order, are the headers, and
+        every row has those keys in that order."""
+        headers = list(rows[0])
+        for row in rows:
+            if list(row) != headers:
+                raise ValueError(f"row {dict(row)!r} does not have the columns {headers}")
+        self.table(name, headers, [[row[h] for h in headers] for row in rows])
 
     def image(self, filename: str, size: tuple[int, int], caption: str) -> None:
         """Reference a PNG already saved into `out` (size is width, height in px)."""

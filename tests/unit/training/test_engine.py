@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
 from training import datasets, engine
+from training.config import TrainConfig
 from training.models import MLP, with_normalization
 
 
@@ -74,3 +77,11 @@ def test_bad_arguments(gaussian: datasets.Split) -> None:
         _train(gaussian, optimizer="lbfgs")
     with pytest.raises(ValueError, match="epochs"):
         _train(gaussian, epochs=0)
+
+
+def test_a_configs_fit_kwargs_are_fits_own_keywords() -> None:
+    """`training.pipeline.run` passes `TrainConfig.fit_kwargs()` to `engine.fit`."""
+    keywords = inspect.signature(engine.fit).parameters
+    kwargs = TrainConfig("m", "circle", "mlp", lr=0.2, batch_size=16).fit_kwargs()
+    assert set(kwargs) <= set(keywords)
+    assert kwargs["lr"] == 0.2 and kwargs["batch_size"] == 16

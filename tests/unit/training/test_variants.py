@@ -27,6 +27,14 @@ def test_the_training_record_round_trips() -> None:
     assert found.config == CFG and found.source == "model metadata"
 
 
+def test_the_record_in_a_report_names_the_data_then_the_config() -> None:
+    record = provenance_of(metadata_for(CFG), "m", "m/1/model.onnx").as_dict()
+    data = ["dataset", "seed", "n_samples", "noise", "val_fraction"]
+    assert list(record) == ["source", *data, "config"]
+    assert [record[k] for k in data] == ["spiral", 3, 1000, 0.2, 0.25]
+    assert record["config"] == CFG.as_dict()
+
+
 def test_a_record_that_is_not_a_config_is_refused() -> None:
     with pytest.raises(ProvenanceError, match="not a training config"):
         provenance_of({TRAINING_KEY: '{"name": "m", "dataset": "mnist"}'}, "m", "f.onnx")
