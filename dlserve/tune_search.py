@@ -114,7 +114,9 @@ class Level:
     concurrency: int
     throughput: float
     p99_ms: float
-    errors: int = 0
+    #: Failed requests. No default: a level that forgot them would pass
+    #: ``within`` as clean.
+    errors: int
 
     #: Measuring windows it took (see `settle`).
     windows: int = 1

@@ -42,7 +42,7 @@ def levels_of(point: Point, budget: float) -> list[Level]:
     base_p99 = 0.25 * batch + delay
     levels = []
     for c in CONCURRENCY:
-        level = Level(c, peak * c / (c + 4), base_p99 * (1 + c / 8))
+        level = Level(c, peak * c / (c + 4), base_p99 * (1 + c / 8), 0)
         levels.append(level)
         if not level.within(budget):
             break
@@ -102,7 +102,7 @@ def test_nothing_within_budget_means_no_best_and_the_climb_walks_to_lower_latenc
     space = Space((Dimension("batch", (8, 4, 2, 1)),))  # starts at the slow end
 
     def evaluate(point: Point) -> list[Level]:
-        return [Level(1, 100.0, 10.0 * point[0])]
+        return [Level(1, 100.0, 10.0 * point[0], 0)]
 
     search = Climb(space, evaluate, budget_ms=1.0)
     assert search.run() is None
@@ -111,12 +111,12 @@ def test_nothing_within_budget_means_no_best_and_the_climb_walks_to_lower_latenc
 
 def test_an_unmeasured_point_ranks_below_every_measured_one() -> None:
     assert rank([], 5.0) == Rank(0, 0.0)
-    assert rank([Level(1, 10.0, 50.0)], 5.0).beats(rank([], 5.0), 0.0)
-    assert rank([Level(1, 10.0, 1.0)], 5.0).beats(rank([Level(1, 1e6, 50.0)], 5.0), 0.0)
+    assert rank([Level(1, 10.0, 50.0, 0)], 5.0).beats(rank([], 5.0), 0.0)
+    assert rank([Level(1, 10.0, 1.0, 0)], 5.0).beats(rank([Level(1, 1e6, 50.0, 0)], 5.0), 0.0)
     # a level with errors is not within budget, however fast
     assert not Level(8, 1e6, 1.0, errors=3).within(5.0)
-    assert best_level([Level(8, 1e6, 1.0, errors=3), Level(1, 10.0, 2.0)], 5.0) == Level(
-        1, 10.0, 2.0
+    assert best_level([Level(8, 1e6, 1.0, errors=3), Level(1, 10.0, 2.0, 0)], 5.0) == Level(
+        1, 10.0, 2.0, 0
     )
 
 
@@ -125,7 +125,7 @@ def test_min_gain_stops_the_climb_on_a_step_smaller_than_it() -> None:
     throughput = {1: 100.0, 2: 101.0, 3: 150.0}
 
     def evaluate(point: Point) -> list[Level]:
-        return [Level(1, throughput[point[0]], 1.0)]
+        return [Level(1, throughput[point[0]], 1.0, 0)]
 
     assert Climb(space, evaluate, 5.0, min_gain=0.0).run() == (3,)
     cautious = Climb(space, evaluate, 5.0, min_gain=0.05)
@@ -193,7 +193,7 @@ def windows_of(*measured: tuple[float, float]) -> tuple[list[int], Callable[[int
     def window(i: int) -> Level:
         calls.append(i)
         throughput, p99 = measured[i]
-        return Level(8, throughput, p99)
+        return Level(8, throughput, p99, 0)
 
     return calls, window
 
@@ -218,5 +218,5 @@ def test_settle_stops_at_max_windows_with_the_last_one() -> None:
 
 def test_settle_with_stability_0_measures_one_window() -> None:
     calls, window = windows_of((100.0, 1.0), (900.0, 1.0))
-    assert settle(window, 0.0, 5) == Level(8, 100.0, 1.0)
+    assert settle(window, 0.0, 5) == Level(8, 100.0, 1.0, 0)
     assert calls == [0]
