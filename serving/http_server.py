@@ -179,29 +179,32 @@ class _Listener(WSGIServer):
     allow_reuse_address = True
 
 
-class MetricsHttpServer:
-    """The HTTP endpoint in a thread of its own; see the module docstring for
-    how it treats connections."""
+@dataclass(frozen=True)
+class Limits:
+    """What the port gives its clients (see the module docstring): seconds to
+    send a head and to take an answer, request threads, waiting connections."""
 
-    def __init__(
-        self,
-        app: WsgiApp,
-        host: str,
-        port: int,
-        *,
-        timeout: float = CONNECTION_TIMEOUT,
-        max_threads: int = MAX_THREADS,
-        max_pending: int = MAX_PENDING,
-    ) -> None:
-        if timeout <= 0 or max_threads < 1 or max_pending < 1:
+    timeout: float = CONNECTION_TIMEOUT
+    max_threads: int = MAX_THREADS
+    max_pending: int = MAX_PENDING
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.max_threads < 1 or self.max_pending < 1:
             raise ValueError("timeout, max_threads and max_pending must be positive")
+
+
+class MetricsHttpServer:
+    """The HTTP endpoint in threads of its own (the module docstring says how)."""
+
+    def __init__(self, app: WsgiApp, host: str, port: int, limits: Limits | None = None) -> None:
+        limits = limits or Limits()
         self._listener = make_server(host, port, app, server_class=_Listener)
         self._listener.socket.setblocking(False)
         self.port = int(self._listener.server_address[1])
         self._app = app
-        self.timeout = timeout
-        self._max_pending = max_pending
-        self._slots = threading.BoundedSemaphore(max_threads)
+        self.timeout = limits.timeout
+        self._max_pending = limits.max_pending
+        self._slots = threading.BoundedSemaphore(limits.max_threads)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

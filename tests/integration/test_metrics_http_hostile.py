@@ -49,7 +49,7 @@ from devtools.fuzz_metrics import (
 )
 from devtools.onnx_models import mlp, write_model
 from devtools.serverproc import ServerProcess, wait_for
-from serving.http_server import MAX_PENDING, MAX_THREADS, MetricsHttpServer
+from serving.http_server import MAX_PENDING, MAX_THREADS, Limits, MetricsHttpServer
 from serving.metrics_app import make_app
 
 MODEL = "hostile"
@@ -263,7 +263,9 @@ def test_fuzzed_requests_never_get_a_5xx(server: ServerProcess) -> None:
 def serve(
     app_routes: dict[str, Callable[..., Iterable[bytes]]], **kwargs: Any
 ) -> MetricsHttpServer:
-    http = MetricsHttpServer(make_app(CollectorRegistry(), app_routes), "127.0.0.1", 0, **kwargs)
+    http = MetricsHttpServer(
+        make_app(CollectorRegistry(), app_routes), "127.0.0.1", 0, Limits(**kwargs)
+    )
     http.start()
     return http
 

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.http_server import MetricsHttpServer
+from serving.http_server import Limits, MetricsHttpServer
 from serving.live_stats import LIVE_WINDOW, LiveStats
 from serving.metrics import BATCH_BUCKETS, LATENCY_BUCKETS, Metrics
 from serving.metrics_app import make_app
@@ -262,6 +262,14 @@ def http(metrics: Metrics) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.port}"
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("field", ["timeout", "max_threads", "max_pending"])
+@pytest.mark.parametrize("value", [0, -1])
+def test_http_limits_must_be_positive(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Limits(**{field: value})
+    assert getattr(Limits(**{field: 3}), field) == 3
 
 
 def get(url: str) -> tuple[int, str, bytes]:
