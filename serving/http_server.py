@@ -24,23 +24,19 @@ faces whoever can reach it, so no client can hold more than its share.
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import IO, TYPE_CHECKING, Any, cast
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer, make_server
+from typing import Any
+from wsgiref.simple_server import WSGIServer, make_server
 
+from serving.http_request import MAX_HEAD_BYTES, RequestHandler
 from serving.metrics_app import WsgiApp
-
-if TYPE_CHECKING:
-    from _typeshed import OptExcInfo, WriteableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -51,88 +47,10 @@ CONNECTION_TIMEOUT = 10.0
 MAX_THREADS = 8
 #: Connections waiting for their head or for a thread; past it the oldest is dropped.
 MAX_PENDING = 512
-#: Largest request head (request line and headers), in bytes.
-MAX_HEAD_BYTES = 16 * 1024
 #: Listen backlog: connections the kernel queues before the server accepts them.
 BACKLOG = 1024
 
 # -- connections -----------------------------------------------------------------------
-
-
-class _PrefixedReader(io.RawIOBase):
-    """A connection's input: the bytes the selector already read, then the socket."""
-
-    def __init__(self, head: bytes, sock: socket.socket) -> None:
-        self._head = memoryview(head)
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: WriteableBuffer) -> int:
-        if self._head:
-            n = min(len(self._head), memoryview(buffer).nbytes)
-            memoryview(buffer).cast("B")[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._sock.recv_into(buffer)
-
-
-class _ServerHandler(ServerHandler):
-    """wsgiref's, logging through ``logging`` and quiet about a client that
-    stopped reading (its answer timed out: there is no one to tell)."""
-
-    request_handler: WSGIRequestHandler  # wsgiref logs the request through it
-
-    def handle_error(self) -> None:
-        if isinstance(sys.exc_info()[1], TimeoutError):
-            return
-        super().handle_error()
-
-    def log_exception(self, exc_info: OptExcInfo) -> None:
-        environ: dict[str, Any] = getattr(self, "environ", {})
-        logger.error(
-            "metrics HTTP %s %.200r failed",
-            environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-            exc_info=exc_info,
-        )  # fmt: skip
-
-
-class _RequestHandler(WSGIRequestHandler):
-    """Answers one request whose head has arrived in full (``head``)."""
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        address: Any,
-        listener: WSGIServer,
-        *,
-        head: bytes,
-        app: WsgiApp,
-    ) -> None:
-        self._head = head
-        self._app = app
-        super().__init__(sock, address, listener)
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile.close()  # the socket's own reader: the head is already read
-        self.rfile = io.BufferedReader(_PrefixedReader(self._head, self.connection))
-
-    def handle(self) -> None:
-        """wsgiref's, with our ServerHandler."""
-        self.raw_requestline = self.rfile.readline(MAX_HEAD_BYTES + 1)
-        if not self.parse_request():  # it answered the client's mistake
-            return
-        handler = _ServerHandler(
-            self.rfile, cast(IO[bytes], self.wfile), sys.stderr, self.get_environ(),
-            multithread=False,
-        )  # fmt: skip
-        handler.request_handler = self
-        handler.run(self._app)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
 
 
 @dataclass(eq=False)
@@ -179,6 +97,13 @@ class _Listener(WSGIServer):
     allow_reuse_address = True
 
 
+class _Listener6(_Listener):
+    """An IPv6 address (``--host ::`` takes IPv4 clients too, as the gRPC
+    and REST ports do: Linux's default is a dual-stack socket)."""
+
+    address_family = socket.AF_INET6
+
+
 @dataclass(frozen=True)
 class Limits:
     """What the port gives its clients (see the module docstring): seconds to
@@ -198,7 +123,9 @@ class MetricsHttpServer:
 
     def __init__(self, app: WsgiApp, host: str, port: int, limits: Limits | None = None) -> None:
         limits = limits or Limits()
-        self._listener = make_server(host, port, app, server_class=_Listener)
+        host = host.strip("[]")  # "[::1]", as in a URL, is "::1"
+        listener = _Listener6 if ":" in host else _Listener
+        self._listener = make_server(host, port, app, server_class=listener)
         self._listener.socket.setblocking(False)
         self.port = int(self._listener.server_address[1])
         self._app = app
@@ -387,7 +314,7 @@ class MetricsHttpServer:
     def _answer(self, conn: _Waiting) -> None:
         try:
             conn.sock.settimeout(self.timeout)  # each read; sendall: the whole answer
-            _RequestHandler(
+            RequestHandler(
                 conn.sock, conn.address, self._listener, head=bytes(conn.head), app=self._app
             )
         except OSError:  # timed out, or gone: nothing to answer
