@@ -445,7 +445,7 @@ def error_code(message: str) -> str:
 
 
 class StuckStream:
-    """A ModelStreamInfer client that sends ``tiled`` requests as fast as
+    """A ModelStreamInfer client that sends one request as fast as
     the server reads them and never reads an answer. ``sent`` counts the
     requests grpc has taken; ``close()`` cancels the stream.
 
@@ -459,13 +459,18 @@ class StuckStream:
         rows: int = TILED_MAX_BATCH,
         server_pid: int | None = None,
         max_growth_kb: int = 1024 * 1024,
+        request_id: str = "",
+        case: Case | None = None,
     ) -> None:
+        """``request_id``: every request's id (the server echoes it in each
+        answer it holds); ``case``: the request it repeats instead of a
+        ``tiled`` one of ``rows`` rows."""
         self._stop = threading.Event()
         self.sent = 0
         self.over_limit = False
         self._pid = server_pid
         self._limit_kb = max_growth_kb + (rss_kb(server_pid) if server_pid else 0)
-        self._request = valid_case("tiled", rows, {}, 0).request()
+        self._request = (case or valid_case("tiled", rows, {}, 0)).request(request_id)
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         self._call = stub.ModelStreamInfer(self._requests(), timeout=600)
 

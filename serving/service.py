@@ -251,7 +251,8 @@ class InferenceService:
                     return _hit(loaded, request, started, cached, lookup, trace)
             if trace is not None:
                 trace.enqueued = _now()
-            held = len(request.id)  # the id waits with it (Pending keeps it for the answer)
+            # the id waits with it (Pending keeps it for the answer), in UTF-8 bytes
+            held = len(request.id.encode())
             future = loaded.batcher.submit(feeds, rows, deadline, priority, timeout, held)
         except ServingError as exc:
             loaded.recorder.failure(code_name(exc))

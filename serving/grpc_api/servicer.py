@@ -250,7 +250,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 return
             finally:
                 shm.release()
-            size = 0
+            size = len(response.id.encode())  # its tensors and its id wait to be sent
             for content in response.raw_output_contents:
                 size += len(content)
             answer(pb.ModelStreamInferResponse(infer_response=response), size)

@@ -211,18 +211,24 @@ def test_requests_past_the_queue_byte_bound_get_unavailable(
     assert_answered([big], send_all(queue_server, [big]))
 
 
+@pytest.mark.parametrize(
+    ("request_id", "count"),
+    # 2,400 UTF-8 bytes in 600 characters: counted in characters, four of
+    # them (2,464) would fit the bound and none would be refused.
+    [("i" * 3000, 10), ("\N{GRINNING FACE}" * 600, 5)],
+    ids=["ascii", "utf-8"],
+)
 def test_a_long_request_id_counts_against_the_queue_byte_bound(
-    queue_server: ServerProcess,
+    queue_server: ServerProcess, request_id: str, count: int
 ) -> None:
     """The probe sent 4 MiB ids with tiny tensors: only the tensors counted,
     so the queue held any number of ids. A burst of 16-byte requests whose
-    ids are 3 KB each passes the 4 KiB bound after one queued request: the
-    rest are refused at once naming it; the admitted ones are answered
-    right, their ids echoed."""
-    request_id = "i" * 3000
-    cases = [fb.valid_case("slowsum", 1, {"x": 4}, seed) for seed in range(10)]
-    assert all(c.nbytes + len(request_id) < QUEUE_BYTES < c.nbytes + 2 * len(request_id)
-               for c in cases)  # fmt: skip
+    ids are 2-3 KB each (in UTF-8) passes the 4 KiB bound after one queued
+    request: the rest are refused at once naming it; the admitted ones are
+    answered right, their ids echoed."""
+    size = len(request_id.encode())
+    cases = [fb.valid_case("slowsum", 1, {"x": 4}, seed) for seed in range(count)]
+    assert all(c.nbytes + size < QUEUE_BYTES < c.nbytes + 2 * size for c in cases)
     with grpc.insecure_channel(queue_server.url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         futures = [

@@ -17,7 +17,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import pytest
@@ -33,8 +33,12 @@ TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    repo = fb.build_repo(tmp_path_factory.mktemp("backpressure-repo"))
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fb.build_repo(tmp_path_factory.mktemp("backpressure-repo"))
+
+
+@pytest.fixture(scope="module")
+def server(repo: Path) -> Iterator[ServerProcess]:
     with ServerProcess(repo) as proc:
         yield proc
 
@@ -65,15 +69,15 @@ class Held:
     open: bool  # the stream was still open when the watch ended (not failed by the server)
 
 
-def hold_stuck_stream(server: ServerProcess) -> Held:
-    """Open a never-reading stream and keep it pushing until the server has
-    stopped taking its requests for 2 s (at most 20 s, or until the RSS
-    bound is passed)."""
+def hold_stuck_stream(server: ServerProcess, **stream: Any) -> Held:
+    """Open a never-reading stream (``stream``: more ``fb.StuckStream``
+    arguments) and keep it pushing until the server has stopped taking its
+    requests for 2 s (at most 20 s, or until the RSS bound is passed)."""
     pid = server.proc.pid  # type: ignore[union-attr]
     base = fb.rss_kb(pid)
     peak, last_sent, since, stalled = 0, -1, time.monotonic(), False
     stuck = fb.StuckStream(
-        grpc.insecure_channel(server.url), server_pid=pid, max_growth_kb=RSS_BOUND_KB
+        grpc.insecure_channel(server.url), server_pid=pid, max_growth_kb=RSS_BOUND_KB, **stream
     )  # it stops sending past the bound: an unbounded server cannot take the host's memory
     try:
         started = time.monotonic()
@@ -108,6 +112,21 @@ def test_a_client_that_never_reads_holds_bounded_memory(
     assert held.open, held
     assert held.stalled, held
     others_are_served(stub)
+
+
+def test_answer_ids_count_in_the_window_bytes(repo: Path) -> None:
+    """Answers of 4 bytes (rowsum) whose ids are 100 KB each: the ids are all
+    that waits unsent, so they must count in --stream-window-bytes (2 MiB
+    here; the request count window is out of the way). Counting only
+    tensors, the server read on until the client's RSS bound."""
+    window_bytes = 2 * 1024 * 1024
+    with ServerProcess(
+        repo, "--stream-window", "100000", "--stream-window-bytes", str(window_bytes)
+    ) as server:
+        case = fb.valid_case("rowsum", 1, {"x": 1}, 0)
+        held = hold_stuck_stream(server, case=case, request_id="i" * 100_000)
+    assert held.stalled and held.open and not held.over_limit, held
+    assert held.sent > window_bytes // 100_000, held  # it did fill the window
 
 
 def test_others_are_served_while_streams_are_stuck(
