@@ -10,10 +10,18 @@ devtools.inprocess.InProcessServer, except those created with
 ``allow_loop_stalls=True``) that no earlier phase reported fail this phase, so
 a stall fails the test during which the event loop blocked, not the module's
 last test when a module-scoped server stops.
+
+What collection imported is frozen out of the cyclic GC (``gc.freeze``):
+with torch, tritonclient and the rest loaded, one full collection took
+~100 ms here, holding the GIL, so an in-process server's loop stalled past
+the watchdog's 100 ms whenever the test thread happened to run one (a CI
+run failed test_tracing that way). Imported modules, classes and functions
+live for the whole session anyway.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Generator
 
@@ -22,6 +30,11 @@ from hypothesis import settings
 
 settings.register_profile("dlserve", deadline=None)
 settings.load_profile("dlserve")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def _stalls() -> str:
