@@ -12,8 +12,8 @@ a stall fails the test during which the event loop blocked, not the module's
 last test when a module-scoped server stops.
 
 What collection imported is frozen out of the cyclic GC (``gc.freeze``):
-with torch, tritonclient and the rest loaded, one full collection took
-~100 ms here, holding the GIL, so an in-process server's loop stalled past
+with torch, tritonclient and the server imported, one full collection took
+98-104 ms here (254,621 objects), holding the GIL, so an in-process server's loop stalled past
 the watchdog's 100 ms whenever the test thread happened to run one (a CI
 run failed test_tracing that way). Imported modules, classes and functions
 live for the whole session anyway.
