@@ -11,15 +11,24 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from typing import Any, Awaitable, Callable, MutableMapping
 from urllib.parse import unquote_to_bytes
 
 import orjson
 
 from serving.bearer import expected_digest, token_matches
-from serving.errors import InvalidInput, ServingError, ShuttingDown, Unauthenticated, code_name
+from serving.errors import ServingError, ShuttingDown, Unauthenticated, code_name
 from serving.http_api import codec, settings_views, shm_routes, views
+from serving.http_api.bodies import (
+    Gone,
+    Headers,
+    HttpError,
+    Receive,
+    Request,
+    compress,
+    header_length,
+    read_body,
+)
 from serving.service import InferenceService
 from serving.shm import ShmRequest
 
@@ -27,9 +36,7 @@ logger = logging.getLogger(__name__)
 _now = time.perf_counter
 
 Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
 
 #: The code names of ``serving.errors`` -> HTTP status (the one table).
 STATUS_BY_CODE = {
@@ -49,31 +56,6 @@ EXTENSIONS = ("binary_tensor_data",)
 AUTH_MESSAGE = "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'"
 _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
-
-
-class HttpError(Exception):
-    """An answer decided by the HTTP edge itself (404, 405, 413, ...)."""
-
-    def __init__(self, status: int, message: str, headers: Headers | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or []
-
-
-class _Gone(Exception):
-    """The client disconnected before its body arrived."""
-
-
-class Request:
-    """What a handler needs of the HTTP request."""
-
-    __slots__ = ("receive", "headers", "started")
-
-    def __init__(self, receive: Receive, headers: dict[bytes, bytes], started: float) -> None:
-        self.receive = receive
-        self.headers = headers
-        self.started = started
 
 
 Reply = tuple[int, bytes, Headers]
@@ -101,8 +83,9 @@ class RestApp:
         started = _now()
         headers = dict(scope["headers"])
         try:
-            status, body, extra = await self._dispatch(scope, Request(receive, headers, started))
-        except _Gone:
+            reply = self._dispatch(scope, Request(receive, headers, started))
+            status, body, extra = reply if isinstance(reply, tuple) else await reply
+        except Gone:
             return
         except HttpError as exc:
             status, body, extra = exc.status, _error(exc.message), exc.headers
@@ -121,14 +104,16 @@ class RestApp:
         if status == 200 and body:
             accept = headers.get(b"accept-encoding")
             if accept:
-                body, extra = _compress(body, extra, accept)
+                body, extra = compress(body, extra, accept)
         extra.append((b"content-length", str(len(body)).encode()))
         if self.draining or status == 413:
             extra.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": body})
 
-    async def _dispatch(self, scope: Scope, request: Request) -> Reply:
+    def _dispatch(self, scope: Scope, request: Request) -> Reply | Awaitable[Reply]:
+        """The answer, or the coroutine of a route that waits (a body, the
+        service): a request costs no coroutine per routing level."""
         method = scope["method"]
         parts = _segments(scope.get("raw_path") or scope["path"].encode())
         if not parts or parts[0] != "v2":
@@ -143,7 +128,12 @@ class RestApp:
             return 200, b"", []
         self._authenticate(request.headers)
         if rest and rest[0] == "models" and len(rest) >= 2:
-            return await self._model_route(method, rest[1:], request, scope)
+            return self._model_route(method, rest[1:], request, scope)
+        return self._server_route(method, rest, request, scope)
+
+    async def _server_route(
+        self, method: str, rest: list[str], request: Request, scope: Scope
+    ) -> Reply:
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another instance")
         service = self.service
@@ -177,9 +167,9 @@ class RestApp:
             return await self._settings(method, rest[0], "", request)
         raise HttpError(404, f"no such path {_shown(scope)}")
 
-    async def _model_route(
+    def _model_route(
         self, method: str, rest: list[str], request: Request, scope: Scope
-    ) -> Reply:
+    ) -> Reply | Awaitable[Reply]:
         service = self.service
         if rest == ["stats"]:
             _allow(method, "GET")
@@ -190,13 +180,13 @@ class RestApp:
         if len(tail) >= 2 and tail[0] == "versions":
             version, tail = tail[1], tail[2:]
         if tail == ["trace", "setting"] and not version:
-            return await self._settings(method, "trace", name, request)
+            return self._settings(method, "trace", name, request)
         if len(tail) > 1:
             raise HttpError(404, f"no such path {_shown(scope)}")
         action = tail[0] if tail else ""
         if action == "infer":
             _allow(method, "POST")
-            return await self._infer(name, version, request)
+            return self._infer(name, version, request)
         if action not in ("", "ready", "config", "stats"):
             raise HttpError(404, f"no such path {_shown(scope)}")
         _allow(method, "GET")
@@ -227,35 +217,23 @@ class RestApp:
     # -- inference -----------------------------------------------------------
 
     async def _infer(self, name: str, version: str, request: Request) -> Reply:
-        shm = ShmRequest(self.service.shm)  # its regions, held until the answer is written
+        service = self.service
+        shm = ShmRequest(service.shm)  # its regions, held until the answer is written
         try:
-            return await self._run(name, version, request, shm)
+            body = await read_body(request, self.max_body)
+            decoded = _decode(service, name, version, request.headers, body, shm)
+            tracing = service.tracing
+            trace = (
+                tracing.start_http(name, request.headers, request.started) if tracing.on else None
+            )
+            response = await service.answer(
+                service.begin(decoded.request, request.started, None, trace)
+            )
+            payload, json_len = codec.encode_response(response, decoded)
+            if trace is not None:
+                trace.end()
         finally:
             shm.release()
-
-    async def _run(self, name: str, version: str, request: Request, shm: ShmRequest) -> Reply:
-        service = self.service
-        body = await self._body(request)
-        try:
-            head_len = request.headers.get(b"inference-header-content-length")
-            if head_len is None:
-                header, binary = codec.parse_header(body), memoryview(b"")
-            else:
-                size = _header_length(head_len, len(body))
-                view = memoryview(body)
-                header, binary = codec.parse_header(view[:size]), view[size:]
-            decoded = codec.decode_request(header, binary, name, version, shm)
-        except ServingError as exc:  # never reaches the service: counted here
-            service.record_failure(name, version, exc)
-            raise
-        tracing = service.tracing
-        trace = tracing.start_http(name, request.headers, request.started) if tracing.on else None
-        response = await service.answer(
-            service.begin(decoded.request, request.started, None, trace)
-        )
-        payload, json_len = codec.encode_response(response, decoded)
-        if trace is not None:
-            trace.end()
         if json_len is None:
             return 200, payload, [(b"content-type", _JSON)]
         headers = [(b"content-type", _OCTETS),
@@ -264,36 +242,8 @@ class RestApp:
 
     # -- bodies, auth --------------------------------------------------------
 
-    async def _body(self, request: Request) -> bytes:
-        """The whole body, decompressed; 413 past max_body, decided from
-        Content-Length before reading when the client sent one."""
-        limit = self.max_body
-        length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            raise _too_large(int(length), limit)
-        chunks: list[bytes] = []
-        size = 0
-        receive = request.receive
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Gone
-            chunk = message.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(size, limit)
-                chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = request.headers.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
-            body = _decompress(body, encoding.strip().lower(), limit)
-        return body
-
     async def _json_body(self, request: Request) -> dict[str, Any] | None:
-        body = await self._body(request)
+        body = await read_body(request, self.max_body)
         if not body.strip():
             return None
         return codec.parse_header(body)
@@ -303,6 +253,26 @@ class RestApp:
             return
         if not token_matches(headers.get(b"authorization", b""), self._expected):
             raise Unauthenticated(AUTH_MESSAGE)
+
+
+def _decode(
+    service: InferenceService, name: str, version: str, headers: dict[bytes, bytes], body: bytes,
+    shm: ShmRequest,
+) -> codec.Decoded:  # fmt: skip
+    """An infer body as a request; one that does not decode never reaches the
+    service, so it is counted here."""
+    try:
+        head_len = headers.get(b"inference-header-content-length")
+        if head_len is None:
+            header, binary = codec.parse_header(body), memoryview(b"")
+        else:
+            size = header_length(head_len, len(body))
+            view = memoryview(body)
+            header, binary = codec.parse_header(view[:size]), view[size:]
+        return codec.decode_request(header, binary, name, version, shm)
+    except ServingError as exc:
+        service.record_failure(name, version, exc)
+        raise
 
 
 def _error(message: str) -> bytes:
@@ -333,67 +303,3 @@ def _segments(raw: bytes) -> list[str]:
 def _shown(scope: Scope) -> str:
     path = str(scope.get("path", ""))
     return repr(path if len(path) <= 80 else path[:80] + "...")
-
-
-def _header_length(value: bytes, total: int) -> int:
-    if not value.strip().isdigit():
-        raise InvalidInput(
-            "Inference-Header-Content-Length must be the JSON header's length in bytes, "
-            f"got {value[:40]!r}"
-        )
-    size = int(value)
-    if size > total:
-        raise InvalidInput(
-            f"Inference-Header-Content-Length is {size}, but the body holds {total} bytes"
-        )
-    return size
-
-
-def _too_large(size: int, limit: int) -> HttpError:
-    return HttpError(
-        413,
-        f"the request body is {size} bytes, over --max-message-bytes ({limit}); "
-        "send fewer rows per request",
-    )
-
-
-def _decompress(body: bytes, encoding: bytes, limit: int) -> bytes:
-    if encoding == b"gzip":
-        wbits = 31
-    elif encoding == b"deflate":
-        wbits = 15
-    else:
-        raise InvalidInput(
-            f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none"
-        )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {encoding.decode()} data ({exc})") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise HttpError(
-            413,
-            f"the request body inflates to over --max-message-bytes ({limit}); "
-            "send fewer rows per request",
-        )
-    if not inflater.eof:
-        raise InvalidInput(f"the {encoding.decode()} body is truncated")
-    return data
-
-
-def _compress(body: bytes, headers: Headers, accept: bytes) -> tuple[bytes, Headers]:
-    for token in accept.lower().split(b","):
-        name, _, params = token.partition(b";")
-        name = name.strip()
-        if params.replace(b" ", b"") in (b"q=0", b"q=0.0"):
-            continue
-        if name == b"gzip":
-            deflater = zlib.compressobj(1, zlib.DEFLATED, 31)
-        elif name == b"deflate":
-            deflater = zlib.compressobj(1, zlib.DEFLATED, 15)
-        else:
-            continue
-        data = deflater.compress(body) + deflater.flush()
-        return data, [*headers, (b"content-encoding", name), (b"vary", b"Accept-Encoding")]
-    return body, headers
