@@ -11,12 +11,17 @@ devtools.inprocess.InProcessServer, except those created with
 a stall fails the test during which the event loop blocked, not the module's
 last test when a module-scoped server stops.
 
-What collection imported is frozen out of the cyclic GC (``gc.freeze``):
-with torch, tritonclient and the server imported, one full collection took
-98-104 ms here (254,621 objects), holding the GIL, so an in-process server's loop stalled past
-the watchdog's 100 ms whenever the test thread happened to run one (a CI
-run failed test_tracing that way). Imported modules, classes and functions
-live for the whole session anyway.
+The cyclic GC runs only between test modules, in the main thread, when no
+module's server is running (the two session-wide in-process servers are
+exempt from the watchdog): a full collection holds the GIL, and with
+torch, the clients and the server imported one took 98-104 ms here
+(254,621 objects). Left automatic, a collection could land in an
+in-process server's thread or while its loop waited for the GIL: two CI
+runs failed on loop stalls of 106 and 137 ms (test_tracing,
+test_triton_repository), and a run of tests/integration with a gc callback
+saw 27 pauses over 20 ms, the worst 258 ms in the server's own thread.
+What collection imported is frozen (``gc.freeze``): it lives for the whole
+session, so those collections need not scan it.
 """
 
 from __future__ import annotations
@@ -35,6 +40,18 @@ settings.load_profile("dlserve")
 def pytest_collection_finish(session: pytest.Session) -> None:
     gc.collect()
     gc.freeze()
+    gc.disable()
+
+
+_last_module: list[object] = [None]
+
+
+def _collect_between_modules(item: pytest.Item) -> None:
+    """A new module's first setup: the last module's fixtures are torn down."""
+    module = getattr(item, "module", None)
+    if module is not _last_module[0]:
+        _last_module[0] = module
+        gc.collect()
 
 
 def _stalls() -> str:
@@ -63,6 +80,7 @@ def _phase(when: str) -> Generator[None, object, object]:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    _collect_between_modules(item)
     return (yield from _phase("setup"))
 
 

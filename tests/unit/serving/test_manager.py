@@ -242,11 +242,13 @@ def test_a_retired_runtime_is_freed_without_the_cyclic_gc(
         await app.manager.stop()
 
     gc.collect()
+    was_enabled = gc.isenabled()  # the session runs with it off (tests/conftest.py)
     gc.disable()
     try:
         loop.run_until_complete(main())
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
 
 
 def test_no_load_after_drain_and_drain_does_not_wait_for_a_load(
