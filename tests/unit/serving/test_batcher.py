@@ -159,6 +159,37 @@ def test_wrong_output_rows_fail_the_batch_clearly() -> None:
     asyncio.run(main())
 
 
+def test_a_failure_on_the_direct_path_fails_that_request_only(executor) -> None:
+    """An idle batcher of a fast model runs a request within submit: a
+    ServingError from the run, or any other exception (logged), is that
+    request's answer, and the next request runs direct again."""
+
+    async def main() -> None:
+        failing: list[str] = []
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            if failing == ["serving"]:
+                raise InferenceFailed("poisoned batch")
+            if failing == ["bug"]:
+                raise ZeroDivisionError("bug")
+            return [feeds["x"] * 2]
+
+        b = DynamicBatcher(run, max_batch_size=8, executor=executor, clock=FakeClock())
+        await b.submit(rows(1), 1)  # the first batch measures the model, in the pool
+        for kind, message in (("serving", "poisoned batch"), ("bug", "ZeroDivisionError")):
+            failing[:] = [kind]
+            failed = b.submit(rows(2), 1)
+            assert failed.done()  # it ran within submit
+            error = failed.exception()
+            assert isinstance(error, InferenceFailed) and message in error.message, error
+            failing.clear()
+            ok = b.submit(rows(3), 1)
+            assert ok.done() and ok.result().outputs[0][0, 0] == 6.0
+        await b.close()
+
+    asyncio.run(main())
+
+
 def test_without_batching_every_request_runs_alone(executor) -> None:
     async def main() -> None:
         runtime = FakeRuntime(gated=True)
