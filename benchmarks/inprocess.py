@@ -93,7 +93,6 @@ def _rest(app: App) -> tuple[Call, Call]:
                     (b"content-length", str(len(body)).encode())],
     }  # fmt: skip
     message = {"type": "http.request", "body": body, "more_body": False}
-    sent: list[Any] = []
 
     async def receive() -> dict[str, Any]:
         return message
@@ -101,8 +100,6 @@ def _rest(app: App) -> tuple[Call, Call]:
     async def send(event: Any) -> None:
         if event["type"] == "http.response.start" and event["status"] != 200:
             raise RuntimeError(f"HTTP {event['status']}")
-        sent.append(event)
-        sent.clear()
 
     rest = RestApp(app.service, token=None, max_body=app.settings.max_message_bytes)
     bare = BareAsgi(ROOT / "models" / "mlp-circle")
