@@ -33,6 +33,7 @@ import tritonclient.grpc as triton
 from devtools.inprocess import InProcessServer
 from serving._generated import grpc_service_pb2_grpc as pb_grpc
 from tests.integration.helpers import DEFAULT_MODELS, DEFAULT_NAMES, build_repo
+from tests.integration.http_helpers import Http
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +73,12 @@ def stub(server: InProcessServer) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
     """Our own generated stub, for requests tritonclient refuses to build."""
     with grpc.insecure_channel(server.url) as channel:
         yield pb_grpc.GRPCInferenceServiceStub(channel)
+
+
+@pytest.fixture
+def api(server: InProcessServer) -> Iterator[Http]:
+    """Raw HTTP to the REST port of ``server``: a module's own, where it
+    defines one (test_http_api, test_http_control), else the session's."""
+    client = Http(server.http_url)
+    yield client
+    client.close()

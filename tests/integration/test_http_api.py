@@ -53,13 +53,6 @@ def server(repo: Path) -> Iterator[InProcessServer]:
         yield proc
 
 
-@pytest.fixture
-def api(server: InProcessServer) -> Iterator[Http]:
-    client = Http(server.http_url)
-    yield client
-    client.close()
-
-
 def infer_body(x: list[list[float]], **extra: Any) -> dict[str, Any]:
     shape = [len(x), len(x[0])]
     return {"inputs": [{"name": "input", "shape": shape, "datatype": "FP32", "data": x}], **extra}

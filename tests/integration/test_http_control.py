@@ -86,13 +86,6 @@ def server(repo: Path) -> Iterator[InProcessServer]:
 
 
 @pytest.fixture
-def api(server: InProcessServer) -> Iterator[Http]:
-    client = Http(server.http_url)
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def triton(server: InProcessServer) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(server.http_url)
     yield client
