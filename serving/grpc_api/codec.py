@@ -202,10 +202,7 @@ def encode_response(
     if shm is not None and shm.outputs:
         return _encode_with_shm(response, shm)
     tensors = response.outputs
-    key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
-    layout = _LAYOUTS.get(key)
-    if layout is None:
-        layout = _layout(key)
+    layout = _layout(tensors)
     message = pb.ModelInferResponse(
         model_name=response.model_name,
         model_version=response.model_version,
@@ -256,10 +253,7 @@ def serialize_response(response: InferResponse, shm: shared.ShmRequest | None = 
         ).SerializeToString()
         if len(_HEADS) < _MAX_LAYOUTS:
             _HEADS[names] = head
-    key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
-    layout = _LAYOUTS.get(key)
-    if layout is None:
-        layout = _layout(key)
+    layout = _layout(tensors)
     parts = [head]
     if response.id:
         ident = response.id.encode()
@@ -271,12 +265,16 @@ def serialize_response(response: InferResponse, shm: shared.ShmRequest | None = 
     return b"".join(parts)
 
 
-def _layout(key: tuple[tuple[str, str, tuple[int, ...]], ...]) -> bytes:
-    layout = pb.ModelInferResponse(
-        outputs=[_InferOutput(name=n, datatype=d, shape=s) for n, d, s in key]
-    ).SerializeToString()
-    if len(_LAYOUTS) < _MAX_LAYOUTS:
-        _LAYOUTS[key] = layout
+def _layout(tensors: tuple[Tensor, ...]) -> bytes:
+    """The serialized ``outputs`` metadata of these tensors (``_LAYOUTS``)."""
+    key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = pb.ModelInferResponse(
+            outputs=[_InferOutput(name=n, datatype=d, shape=s) for n, d, s in key]
+        ).SerializeToString()
+        if len(_LAYOUTS) < _MAX_LAYOUTS:
+            _LAYOUTS[key] = layout
     return layout
 
 
